@@ -1,0 +1,57 @@
+"""quantize / dequantize for any tensor scheme, on the torch reference or the Triton kernels."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from kvsafety_tests.spec import Fp8Scheme, IntScheme
+
+from .fp8_ref import dequantize_fp8, quantize_fp8
+from .int_ref import dequantize_int, quantize_int
+from .stored import QuantizedTensor
+
+__all__ = ["BACKENDS", "Backend", "dequantize", "quantize"]
+
+Backend = Literal["torch", "triton"]
+BACKENDS: tuple[str, ...] = ("torch", "triton")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"kernel backend {backend!r} unknown; valid: {', '.join(BACKENDS)}")
+
+
+def quantize(
+    x: torch.Tensor,
+    scheme: IntScheme | Fp8Scheme,
+    *,
+    backend: Backend = "torch",
+    scale: torch.Tensor | None = None,
+    zero: torch.Tensor | None = None,
+    where: str = "",
+) -> QuantizedTensor:
+    """x [*lead, T, D] -> stored form. ``scale``/``zero`` freeze a static grid (tensor/amax modes)."""
+    _check_backend(backend)
+    if backend == "triton":
+        from . import triton_kernels
+
+        return triton_kernels.quantize(x, scheme, scale=scale, zero=zero, where=where)
+    if isinstance(scheme, IntScheme):
+        return quantize_int(x, scheme, scale=scale, zero=zero, where=where)
+    if isinstance(scheme, Fp8Scheme):
+        return quantize_fp8(x, scheme, scale=scale, where=where)
+    raise TypeError(f"no quantizer for scheme {scheme!r}")
+
+
+def dequantize(q: QuantizedTensor, *, backend: Backend = "torch", dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Stored form -> tensor of the original shape, in ``dtype`` (default: the original dtype)."""
+    _check_backend(backend)
+    if backend == "triton":
+        from . import triton_kernels
+
+        return triton_kernels.dequantize(q, dtype=dtype)
+    if isinstance(q.scheme, IntScheme):
+        return dequantize_int(q, dtype)
+    return dequantize_fp8(q, dtype)
