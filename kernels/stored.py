@@ -56,7 +56,7 @@ def check_input(x: torch.Tensor, where: str = "") -> None:
     """
     if x.dim() < 2:
         raise ValueError(f"expected K/V of shape [..., tokens, head_dim], got shape {tuple(x.shape)}")
-    bad = ~(x.abs() <= MAX_ABS)  # NaN compares False, so it is caught too
+    bad = ~torch.isfinite(x) | (x.abs() > MAX_ABS)  # (MAX_ABS is inf in fp16: isfinite covers it)
     if not bool(bad.any()):
         return
     idx = tuple(int(i) for i in torch.nonzero(bad)[0])

@@ -1,0 +1,38 @@
+"""The project's own test-suite setup: Hypothesis profiles and torch state hygiene.
+
+Profiles (choose with HYPOTHESIS_PROFILE): "ci" (default; what .ci/run uses, sized so the whole
+suite stays within its budget on 2 cores), "thorough" (10x the examples, for local runs before
+a release), "dev" (few examples, fast iteration).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+settings.register_profile(
+    "thorough", max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=15, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state() -> Iterator[None]:
+    """Tests must not leak global torch state (default dtype, grad mode, RNG) into each other."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    dtype, grad, rng = torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_rng_state()
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_grad_enabled(grad)
+    torch.set_rng_state(rng)
