@@ -45,7 +45,9 @@ def quantize(
     raise TypeError(f"no quantizer for scheme {scheme!r}")
 
 
-def dequantize(q: QuantizedTensor, *, backend: Backend = "torch", dtype: torch.dtype | None = None) -> torch.Tensor:
+def dequantize(
+    q: QuantizedTensor, *, backend: Backend = "torch", dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Stored form -> tensor of the original shape, in ``dtype`` (default: the original dtype)."""
     _check_backend(backend)
     if backend == "triton":

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Literal, TypeAlias
 
 __all__ = [
@@ -84,7 +84,7 @@ class SpecError(ValueError):
     """
 
 
-class Granularity(str, Enum):
+class Granularity(StrEnum):
     """Which elements share one scale (and zero-point)."""
 
     TENSOR = "tensor"  # the whole tensor (static: computed on the first chunk, then frozen)
@@ -251,8 +251,7 @@ class QuantSpec:
             g = kv.token_group
             if self.residual and self.residual % g:
                 raise SpecError(
-                    f"residual window r={self.residual} must be a multiple of the channel "
-                    f"token group t={g}"
+                    f"residual window r={self.residual} must be a multiple of the channel token group t={g}"
                 )
 
     # -- views -----------------------------------------------------------------------------
@@ -370,7 +369,9 @@ def _parse(text: str) -> QuantSpec:
     for clause in clauses[1:]:
         key, sep, value = clause.partition("=")
         if not sep:
-            raise SpecError(f"clause {clause!r} is not key=value; valid: r=N, prefill=stored|fp, L<i>[-<j>]=<scheme>")
+            raise SpecError(
+                f"clause {clause!r} is not key=value; valid: r=N, prefill=stored|fp, L<i>[-<j>]=<scheme>"
+            )
         if key == "r":
             _once(seen, "r")
             residual = _int(value, "r")
@@ -390,9 +391,7 @@ def _parse(text: str) -> QuantSpec:
                     raise SpecError(f"layer {layer} overridden twice")
                 overrides[layer] = layer_kv
         else:
-            raise SpecError(
-                f"clause {clause!r}: unknown key {key!r}; valid: r, prefill, L<i> or L<i>-<j>"
-            )
+            raise SpecError(f"clause {clause!r}: unknown key {key!r}; valid: r, prefill, L<i> or L<i>-<j>")
     return QuantSpec(
         kv=kv,
         residual=residual,
@@ -429,7 +428,9 @@ def _parse_main(text: str) -> tuple[KVScheme, bool]:
         for opt in opts:
             gm = re.fullmatch(r"g(\d+)", opt)
             if not gm:
-                raise SpecError(f"kivi option {opt!r} unknown; valid: g<G> (group size); set r=<N> as a clause")
+                raise SpecError(
+                    f"kivi option {opt!r} unknown; valid: g<G> (group size); set r=<N> as a clause"
+                )
             group = int(gm.group(1))
         key = IntScheme(bits, False, Granularity.CHANNEL, group)
         value = IntScheme(bits, False, Granularity.GROUP, group)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from kvsafety_tests.kernels import FP8_DTYPES, FP8_MAX, dequantize, fp8_decode, fp8_encode, quantize
+
 from kvsafety_tests.spec import Fp8Scheme
 
 FORMATS = ["e4m3", "e5m2"]
@@ -71,7 +71,9 @@ def test_ties_round_to_even() -> None:
 @pytest.mark.parametrize("mode", ["one", "tensor", "head"])
 def test_fp8_quantizer_relative_error_and_scales(fmt: str, mode: str) -> None:
     g = torch.Generator().manual_seed(0)
-    x = (torch.randn(2, 4, 33, 64, generator=g) * torch.logspace(-1, 1, 4).reshape(1, 4, 1, 1)).to(torch.bfloat16)
+    x = (torch.randn(2, 4, 33, 64, generator=g) * torch.logspace(-1, 1, 4).reshape(1, 4, 1, 1)).to(
+        torch.bfloat16
+    )
     scheme = Fp8Scheme(fmt, mode)  # type: ignore[arg-type]
     q = quantize(x, scheme)
     assert q.data.dtype == torch.uint8 and q.data.shape == x.shape

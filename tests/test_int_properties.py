@@ -13,8 +13,8 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
-
 from kvsafety_tests.kernels import dequantize, group_view, quantize, unpack_codes
+
 from kvsafety_tests.spec import INT_BITS, Granularity, IntScheme
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -60,7 +60,11 @@ def _grid(q, scheme: IntScheme) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-element scale and zero, broadcast to the tensor's shape."""
     o, r, i = group_view(q.shape, scheme)
     s = q.scale.float().reshape(o, 1, i).expand(o, r, i).reshape(q.shape)
-    z = torch.zeros_like(s) if q.zero is None else q.zero.float().reshape(o, 1, i).expand(o, r, i).reshape(q.shape)
+    z = (
+        torch.zeros_like(s)
+        if q.zero is None
+        else q.zero.float().reshape(o, 1, i).expand(o, r, i).reshape(q.shape)
+    )
     return s, z
 
 
@@ -181,12 +185,18 @@ def test_extreme_magnitudes_keep_relative_precision() -> None:
 @pytest.mark.parametrize(
     ("scheme", "shape", "message"),
     [
-        (IntScheme(4, False, Granularity.GROUP, 48), (1, 1, 4, 128), "group size 48 does not divide head_dim 128"),
+        (
+            IntScheme(4, False, Granularity.GROUP, 48),
+            (1, 1, 4, 128),
+            "group size 48 does not divide head_dim 128",
+        ),
         (IntScheme(4, False, Granularity.CHANNEL, 32), (1, 1, 1, 64), "whole groups of 32 tokens, got 1"),
         (IntScheme(4, False, Granularity.CHANNEL, 2), (1, 1, 3, 64), "whole groups of 2 tokens, got 3"),
     ],
 )
-def test_shapes_a_scheme_cannot_take_are_refused(scheme: IntScheme, shape: tuple[int, ...], message: str) -> None:
+def test_shapes_a_scheme_cannot_take_are_refused(
+    scheme: IntScheme, shape: tuple[int, ...], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         quantize(torch.ones(shape), scheme)
 

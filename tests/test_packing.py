@@ -6,7 +6,6 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-
 from kvsafety_tests.kernels import pack_codes, packed_width, unpack_codes
 
 BITS = [1, 2, 3, 4, 5, 6, 7, 8]
@@ -29,7 +28,11 @@ def test_int3_packs_eight_codes_into_three_bytes_lsb_first() -> None:
     word = sum(int(c) << (3 * i) for i, c in enumerate(codes))
     assert pack_codes(codes, 3).tolist() == [word & 0xFF, (word >> 8) & 0xFF, (word >> 16) & 0xFF]
     # code 2 straddles bytes 0 and 1: its low two bits are bits 6-7 of byte 0
-    assert pack_codes(torch.tensor([0, 0, 5, 0, 0, 0, 0, 0], dtype=torch.uint8), 3).tolist() == [0x40, 0x01, 0x00]
+    assert pack_codes(torch.tensor([0, 0, 5, 0, 0, 0, 0, 0], dtype=torch.uint8), 3).tolist() == [
+        0x40,
+        0x01,
+        0x00,
+    ]
     assert packed_width(128, 3) == 48
 
 

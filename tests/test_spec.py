@@ -60,14 +60,18 @@ def test_canonical_strings_round_trip(text: str) -> None:
         (
             "kivi4",
             QuantSpec(
-                KVScheme(IntScheme(4, False, Granularity.CHANNEL, 32), IntScheme(4, False, Granularity.GROUP, 32)),
+                KVScheme(
+                    IntScheme(4, False, Granularity.CHANNEL, 32), IntScheme(4, False, Granularity.GROUP, 32)
+                ),
                 residual=128,
             ),
         ),
         (
             "kivi2",
             QuantSpec(
-                KVScheme(IntScheme(2, False, Granularity.CHANNEL, 32), IntScheme(2, False, Granularity.GROUP, 32)),
+                KVScheme(
+                    IntScheme(2, False, Granularity.CHANNEL, 32), IntScheme(2, False, Granularity.GROUP, 32)
+                ),
                 residual=128,
             ),
         ),
@@ -142,7 +146,9 @@ def test_bad_specs_get_one_line_naming_the_bad_part(text: str, message: str) -> 
 
 def test_validate_for_checks_what_depends_on_the_model() -> None:
     parse_spec("int4-g64;L23=none").validate_for(head_dim=128, num_layers=24)
-    with pytest.raises(SpecError, match=r"group size g48 does not divide head_dim 128; valid: 1, 2, 4, 8, 16, 32, 64, 128"):
+    with pytest.raises(
+        SpecError, match=r"group size g48 does not divide head_dim 128; valid: 1, 2, 4, 8, 16, 32, 64, 128"
+    ):
         parse_spec("int4-g48").validate_for(head_dim=128, num_layers=24)
     with pytest.raises(SpecError, match=r"layer 24 out of range; the model has layers 0..23"):
         parse_spec("int4;L24=none").validate_for(head_dim=128, num_layers=24)
@@ -166,7 +172,9 @@ int_schemes = st.builds(
     st.sampled_from([2, 16, 32, 64]),
     st.integers(0, 4),
 )
-fp8_schemes = st.builds(Fp8Scheme, st.sampled_from(["e4m3", "e5m2"]), st.sampled_from(["one", "tensor", "head"]))
+fp8_schemes = st.builds(
+    Fp8Scheme, st.sampled_from(["e4m3", "e5m2"]), st.sampled_from(["one", "tensor", "head"])
+)
 tensor_schemes = st.one_of(st.just(NoQuant()), int_schemes, fp8_schemes)
 kv_schemes = st.one_of(
     tensor_schemes.map(lambda s: KVScheme(s, s)), st.builds(KVScheme, tensor_schemes, tensor_schemes)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from kvsafety_tests.kernels import NonFiniteError, QuantizedStream, dequantize, quantize
+
 from kvsafety_tests.spec import Granularity, IntScheme, NoQuant, parse_spec
 
 B, H, D = 2, 3, 64
@@ -53,7 +53,9 @@ def test_per_channel_without_residual_waits_for_whole_token_groups() -> None:
         assert stream.n_quantized == 32
     stream.append(x[:, :, 63:64])
     assert stream.n_quantized == 64
-    assert torch.equal(stream.dequantized(), torch.cat([ref(x[:, :, :32], scheme), ref(x[:, :, 32:], scheme)], -2))
+    assert torch.equal(
+        stream.dequantized(), torch.cat([ref(x[:, :, :32], scheme), ref(x[:, :, 32:], scheme)], -2)
+    )
 
 
 def test_window_must_hold_whole_token_groups() -> None:
@@ -149,5 +151,7 @@ def test_nan_waiting_in_a_residual_window_is_caught_on_arrival() -> None:
     stream = QuantizedStream(IntScheme(4), window=128)
     x = kv(4, seed=9)
     x[0, 0, 2, 1] = float("nan")
-    with pytest.raises(NonFiniteError, match="non-finite value nan at \\(batch=0, head=0, token=2, channel=1\\)"):
+    with pytest.raises(
+        NonFiniteError, match="non-finite value nan at \\(batch=0, head=0, token=2, channel=1\\)"
+    ):
         stream.append(x)

@@ -1,0 +1,94 @@
+"""The plugin as pytest loads it: options, markers, GPU skips, cheap import, fail-closed gate."""
+
+from __future__ import annotations
+
+import pytest
+
+# Imported at collection, before pytester snapshots sys.modules: a torch first imported inside a
+# pytester test would be dropped from sys.modules afterwards, and its C extension cannot reload.
+torch = pytest.importorskip("torch")
+
+
+def test_help_shows_the_kvsafety_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(
+        [
+            "*KV-cache quantization safety gate (pytest-kvsafety)*",
+            "*--kvsafety *run the KV-cache safety audit*",
+            "*--kvsafety-quantizer=SPEC*",
+        ]
+    )
+
+
+def test_markers_are_registered_and_strict_clean(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.kvsafety
+        @pytest.mark.slow
+        def test_a():
+            pass
+        """
+    )
+    result = pytester.runpytest("--strict-markers", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    markers = pytester.runpytest("--markers")
+    markers.stdout.fnmatch_lines(
+        ["@pytest.mark.gpu: needs a CUDA GPU*", "@pytest.mark.kvsafety:*", "@pytest.mark.slow:*"]
+    )
+
+
+def test_gpu_tests_skip_with_a_reason_naming_what_is_missing(pytester: pytest.Pytester) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the skip path is not taken")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.gpu
+        def test_on_gpu():
+            raise AssertionError("must not run without CUDA")
+
+        def test_on_cpu():
+            pass
+        """
+    )
+    # a subprocess: torch's C extension does not survive pytester's in-process module snapshot
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(
+        ["*needs a CUDA GPU: torch.cuda.is_available() is False (torch *, CPU-only torch build)*"]
+    )
+
+
+def test_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_modules():
+            heavy = [m for m in ("torch", "transformers", "triton", "vllm", "numpy") if m in sys.modules]
+            assert heavy == [], heavy
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+
+
+def test_kvsafety_fails_closed_until_the_audit_exists(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("--kvsafety", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--kvsafety: the audit engine is not available*the gate cannot pass*"])
+
+
+def test_bad_quantizer_on_the_command_line_is_one_line_naming_the_choices(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--kvsafety-quantizer=int9", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*argument --kvsafety-quantizer: invalid quantizer spec 'int9': int bits 9 not supported; valid: 2, 3, 4, 5, 6, 7, 8"
+        ]
+    )
+    assert "Traceback" not in result.stderr.str()
