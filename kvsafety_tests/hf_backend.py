@@ -1,0 +1,203 @@
+"""The hf backend: batched greedy decoding through a transformers model with a quantized KV cache.
+
+One loop serves generation and teacher forcing (perplexity): prompts are chat-templated, sorted
+by length and left-padded into batches; every step feeds one token per sequence through the
+model with the QuantizedKVCache, so a forced continuation attends to exactly the K/V that greedy
+decoding would have stored at that step. A sequence stops at EOS; a batch ends when all stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .cache import QuantizedKVCache, cache_kwarg
+from .kernels import Backend
+from .spec import QuantSpec, parse_spec
+
+__all__ = ["Completion", "HFBackend"]
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Completion:
+    """One prompt's result under one quantizer."""
+
+    prompt_index: int
+    token_ids: list[int]
+    text: str
+    prompt_tokens: int
+    first_token_scores: dict[str, float] = field(default_factory=dict)
+    logprobs: list[float] = field(default_factory=list)  # teacher forcing: log p(token) per forced token
+    quantized_fraction: float | None = None  # of the attended K/V at the first response position
+
+
+class HFBackend:
+    """A loaded causal LM + tokenizer that runs (prompts, spec) -> completions."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        batch_size: int = 16,
+        system_prompt: str | None = None,
+        kernel_backend: Backend = "torch",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.system_prompt = system_prompt
+        self.kernel_backend: Backend = kernel_backend
+        self.num_layers = int(model.config.num_hidden_layers)
+        self.head_dim = int(
+            getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+        )
+        self.num_kv_heads = int(getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads)
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self._cache_kw = cache_kwarg(model)
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        if tokenizer.eos_token_id is not None:
+            eos_ids.append(tokenizer.eos_token_id)
+        self.eos_ids = sorted(set(eos_ids))
+
+    # -- prompts -----------------------------------------------------------------------------
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of the chat-templated prompt, ending where the assistant's answer begins."""
+        messages = [{"role": "user", "content": prompt}]
+        if self.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def fp16_bytes_per_token(self) -> int:
+        """Bytes per token of the model's own 16-bit K/V cache, all layers."""
+        return 2 * 2 * self.num_layers * self.num_kv_heads * self.head_dim
+
+    # -- the loop ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(
+        self,
+        prompts: Sequence[str],
+        spec: QuantSpec | str = "none",
+        *,
+        max_new_tokens: int = 64,
+        forced: Sequence[Sequence[int]] | None = None,
+        score_tokens: dict[str, Sequence[int]] | None = None,
+        progress: Progress | None = None,
+    ) -> list[Completion]:
+        """Greedy completions (or, with ``forced``, teacher-forced log-probabilities) per prompt.
+
+        ``score_tokens``: named token sets whose total log-probability at the first response
+        position is recorded per prompt (the refusal score's numerator).
+        """
+        spec = parse_spec(spec) if isinstance(spec, str) else spec
+        spec.validate_for(head_dim=self.head_dim, num_layers=self.num_layers)
+        if forced is not None and len(forced) != len(prompts):
+            raise ValueError(f"forced continuations: {len(forced)} given for {len(prompts)} prompts")
+        encoded = [self.encode(p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
+        results: dict[int, Completion] = {}
+        done = 0
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            batch_forced = [list(forced[i]) for i in batch] if forced is not None else None
+            for i, completion in zip(
+                batch,
+                self._run_batch([encoded[i] for i in batch], spec, max_new_tokens, batch_forced, score_tokens),
+                strict=True,
+            ):
+                completion.prompt_index = i
+                results[i] = completion
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(prompts))
+        return [results[i] for i in range(len(prompts))]
+
+    def _run_batch(
+        self,
+        encoded: list[list[int]],
+        spec: QuantSpec,
+        max_new_tokens: int,
+        forced: list[list[int]] | None,
+        score_tokens: dict[str, Sequence[int]] | None,
+    ) -> list[Completion]:
+        b = len(encoded)
+        width = max(len(e) for e in encoded)
+        pads = [width - len(e) for e in encoded]
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad_id] * p + e for p, e in zip(pads, encoded, strict=True)], device=self.device)  # [B, T]
+        mask = torch.tensor([[0] * p + [1] * len(e) for p, e in zip(pads, encoded, strict=True)], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        cache = QuantizedKVCache(spec, self.num_layers, pads, backend=self.kernel_backend)
+        steps = max(len(f) for f in forced) if forced is not None else max_new_tokens
+        out_tokens: list[list[int]] = [[] for _ in range(b)]
+        logprobs: list[list[float]] = [[] for _ in range(b)]
+        scores: list[dict[str, float]] = [{} for _ in range(b)]
+        finished = torch.zeros(b, dtype=torch.bool, device=self.device)
+        eos = torch.tensor(self.eos_ids, device=self.device)
+        step_ids, step_mask, step_pos = ids, mask, positions
+        fraction: float | None = None
+        for step in range(steps):
+            out = self.model(
+                input_ids=step_ids,
+                attention_mask=step_mask,
+                position_ids=step_pos,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kw: cache},
+            )
+            logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B, V]
+            if step == 0:
+                fraction = 0.0 if spec.prefill == "fp" else cache.quantized_fraction()
+                if score_tokens:
+                    for name, token_ids in score_tokens.items():
+                        sel = torch.logsumexp(logp[:, list(token_ids)], dim=-1)  # [B]
+                        for r in range(b):
+                            scores[r][name] = float(sel[r])
+            if forced is not None:
+                nxt = torch.tensor(
+                    [f[step] if step < len(f) else pad_id for f in forced], device=self.device
+                )  # [B]
+                chosen = logp.gather(1, nxt[:, None])[:, 0]
+                for r in range(b):
+                    if step < len(forced[r]):
+                        logprobs[r].append(float(chosen[r]))
+                finished = torch.tensor([step + 1 >= len(f) for f in forced], device=self.device)
+            else:
+                nxt = logp.argmax(dim=-1)  # [B]; greedy
+                nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
+                for r in range(b):
+                    if not finished[r]:
+                        out_tokens[r].append(int(nxt[r]))
+                finished = finished | torch.isin(nxt, eos)
+            if bool(finished.all()):
+                break
+            mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=self.device)], dim=1)
+            step_ids, step_mask = nxt[:, None], mask
+            step_pos = positions[:, -1:] + 1 + step
+        completions = []
+        for r in range(b):
+            tokens = out_tokens[r]
+            text_tokens = [t for t in tokens if t not in self.eos_ids]
+            completions.append(
+                Completion(
+                    prompt_index=-1,
+                    token_ids=tokens,
+                    text=self.tokenizer.decode(text_tokens, skip_special_tokens=True),
+                    prompt_tokens=len(encoded[r]),
+                    first_token_scores=scores[r],
+                    logprobs=logprobs[r],
+                    quantized_fraction=fraction,
+                )
+            )
+        return completions
