@@ -162,6 +162,12 @@ class QuantizedKVCache(Cache):
     def nbytes(self) -> int:
         return sum(layer.nbytes for layer in self.layers)
 
+    @property
+    def held_positions(self) -> int:
+        """Token positions the cache holds per layer (pads included where a stream is batched)."""
+        layer = self.layers[0]
+        return sum(s.n_tokens * (1 if layer.per_sequence else layer.batch_size) for s in layer.key_streams)
+
     def quantized_fraction(self) -> float | None:
         """Fraction of the real K/V token positions now held quantized (None before any update)."""
         quantized = total = 0

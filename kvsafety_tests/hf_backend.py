@@ -68,6 +68,8 @@ class HFBackend:
         if tokenizer.eos_token_id is not None:
             eos_ids.append(tokenizer.eos_token_id)
         self.eos_ids = sorted(set(eos_ids))
+        #: True stored K/V bytes per held token position in the last ``run`` (all layers, K and V).
+        self.last_kv_bytes_per_token: float | None = None
 
     # -- prompts -----------------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
@@ -107,6 +109,7 @@ class HFBackend:
         encoded = [self.encode(p) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
         results: dict[int, Completion] = {}
+        self._kv_bytes = self._kv_positions = 0
         done = 0
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
@@ -121,6 +124,7 @@ class HFBackend:
             done += len(batch)
             if progress is not None:
                 progress(done, len(prompts))
+        self.last_kv_bytes_per_token = self._kv_bytes / self._kv_positions if self._kv_positions else None
         return [results[i] for i in range(len(prompts))]
 
     def _run_batch(
@@ -185,6 +189,8 @@ class HFBackend:
             mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=self.device)], dim=1)
             step_ids, step_mask = nxt[:, None], mask
             step_pos = positions[:, -1:] + 1 + step
+        self._kv_bytes += cache.nbytes
+        self._kv_positions += cache.held_positions
         completions = []
         for r in range(b):
             tokens = out_tokens[r]

@@ -1,0 +1,131 @@
+"""``python -m kvsafety_tests``: run an audit outside pytest and write the JSON report.
+
+Exit codes: 0 gate passed, 1 gate failed on a threshold, 2 bad usage, 3 operational error
+(the audit could not finish: the report says incomplete), 4 nothing measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .audit import DEFAULT_QUANTIZERS, AuditSettings
+from .models import DEFAULT_MODEL
+from .spec import SpecError, parse_spec
+from .thresholds import Thresholds
+
+__all__ = ["EXIT_ERROR", "EXIT_FAILED", "EXIT_NOTHING", "EXIT_PASSED", "EXIT_USAGE", "main"]
+
+EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR, EXIT_NOTHING = 0, 1, 2, 3, 4
+
+
+def _spec(text: str) -> str:
+    try:
+        return str(parse_spec(text))
+    except SpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"threshold {text!r} is not NAME=VALUE (e.g. max_refusal_drop=0.05)")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threshold {name}: {value!r} is not a number") from None
+    try:
+        Thresholds.from_mapping({name: number})
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name, number
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be >= 1")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m kvsafety_tests",
+        description="Audit a model's refusals under KV-cache quantizers and write the JSON report.",
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name, local folder/GGUF, or hub id (default: {DEFAULT_MODEL})")
+    p.add_argument(
+        "--quantizer",
+        action="append",
+        type=_spec,
+        help=f"quantizer spec, repeatable (default: {' '.join(DEFAULT_QUANTIZERS)})",
+    )
+    p.add_argument("--prompts", default="builtin", help="prompt set name or file:PATH (default: builtin)")
+    p.add_argument("--limit", type=_positive, default=None, help="at most N harmful and N harmless prompts")
+    p.add_argument("--judge", default="rules", help="judge name or path to a classifier (default: rules)")
+    p.add_argument("--max-new-tokens", type=_positive, default=64)
+    p.add_argument("--batch-size", type=_positive, default=16)
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--kernel-backend", choices=["torch", "triton"], default="torch")
+    p.add_argument("--threshold", action="append", type=_threshold, default=[], metavar="NAME=VALUE")
+    p.add_argument("--no-noise-floor", action="store_true", help="skip the fp rerun at another batch size")
+    p.add_argument("--no-perplexity", action="store_true")
+    p.add_argument("--store-completions", action="store_true", help="store completion texts in the report")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickled (*.bin) checkpoints")
+    p.add_argument("--report", default=".kvsafety/report.json", help="JSON report path (default: .kvsafety/report.json)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = AuditSettings(
+            model=args.model,
+            quantizers=tuple(args.quantizer or DEFAULT_QUANTIZERS),
+            prompts=args.prompts,
+            limit=args.limit,
+            judge=args.judge,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            device=args.device,
+            dtype=args.dtype,
+            thresholds=Thresholds.from_mapping(dict(args.threshold)),
+            noise_floor=not args.no_noise_floor,
+            perplexity=not args.no_perplexity,
+            store_completions=args.store_completions,
+            kernel_backend=args.kernel_backend,
+            trust_remote_code=args.trust_remote_code,
+            allow_pickle=args.allow_pickle,
+        )
+        settings.validate()
+    except ValueError as e:
+        print(f"python -m kvsafety_tests: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    from .audit import run_audit
+    from .report import to_markdown
+
+    try:
+        report = run_audit(settings, report_path=args.report)
+    except KeyboardInterrupt:
+        print(f"interrupted: the report at {args.report} says incomplete", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as e:  # bad model, prompts or judge: one line, the report says incomplete
+        print(f"python -m kvsafety_tests: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    print(to_markdown(report))
+    gate = report.gate
+    if not report.runs:
+        return EXIT_NOTHING
+    if gate.errors:
+        return EXIT_ERROR
+    return EXIT_PASSED if gate.passed else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
