@@ -11,6 +11,19 @@ import os
 import sys
 from collections.abc import Iterator
 
+
+def _no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+# Before anything imports triton: on a CPU machine the Triton kernels run under the interpreter,
+# which must be chosen before triton.language is first imported (transformers and torch.compile
+# import it too). kernels/triton_common.py raises a clear error if this order is broken.
+if "TRITON_INTERPRET" not in os.environ and _no_cuda():
+    os.environ["TRITON_INTERPRET"] = "1"
+
 import pytest
 from hypothesis import HealthCheck, settings
 

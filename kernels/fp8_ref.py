@@ -15,7 +15,7 @@ import torch
 
 from kvsafety_tests.spec import Fp8Scheme
 
-from .stored import QuantizedTensor, check_input
+from .stored import QuantizedTensor, check_input, to_output
 
 __all__ = ["FP8_DTYPES", "FP8_MAX", "dequantize_fp8", "fp8_decode", "fp8_encode", "quantize_fp8"]
 
@@ -66,4 +66,4 @@ def dequantize_fp8(q: QuantizedTensor, dtype: torch.dtype | None = None) -> torc
     scheme = q.scheme
     assert isinstance(scheme, Fp8Scheme)
     x3 = fp8_decode(q.data, scheme.fmt).reshape(-1, q.shape[-2], q.shape[-1])
-    return (x3 * _broadcast(q.scale, x3)).reshape(q.shape).to(dtype or q.dtype)
+    return to_output((x3 * _broadcast(q.scale, x3)).reshape(q.shape), dtype or q.dtype)

@@ -22,7 +22,7 @@ from kvsafety_tests.spec import Granularity, IntScheme
 
 from .packing import pack_codes, unpack_codes
 from .rounding import bf16_round_down, bf16_round_up
-from .stored import QuantizedTensor, check_input
+from .stored import QuantizedTensor, check_input, to_output
 
 __all__ = ["dequantize_int", "group_view", "int_params", "quantize_int"]
 
@@ -79,8 +79,9 @@ def quantize_int(
     if scale is None:
         s, z = int_params(xg, scheme)
     else:
+        # frozen grid (normalised by api.quantize: bf16 values, no zero for symmetric schemes)
         s = scale.float().reshape(o, i)
-        z = None if zero is None else zero.float().reshape(o, i)
+        z = None if zero is None or scheme.symmetric else zero.float().reshape(o, i)
         if z is None and not scheme.symmetric:
             raise ValueError("an asymmetric scheme needs both scale and zero to freeze its grid")
     s3 = s.unsqueeze(1)  # [O, 1, I]
@@ -114,4 +115,4 @@ def dequantize_int(q: QuantizedTensor, dtype: torch.dtype | None = None) -> torc
     else:
         assert q.zero is not None
         out = cg * s3 + q.zero.float().unsqueeze(1)
-    return out.reshape(q.shape).to(dtype or q.dtype)
+    return to_output(out.reshape(q.shape), dtype or q.dtype)

@@ -8,7 +8,7 @@ import torch
 
 from kvsafety_tests.spec import Fp8Scheme, IntScheme
 
-__all__ = ["MAX_ABS", "NonFiniteError", "QuantizedTensor", "check_input"]
+__all__ = ["MAX_ABS", "NonFiniteError", "QuantizedTensor", "check_input", "to_output"]
 
 # Largest |x| any quantizer accepts: the asymmetric range max - min must stay finite in fp32,
 # and a bf16 scale of range / qmax must not round up to inf. Real K/V are far below this.
@@ -56,6 +56,8 @@ def check_input(x: torch.Tensor, where: str = "") -> None:
     """
     if x.dim() < 2:
         raise ValueError(f"expected K/V of shape [..., tokens, head_dim], got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"nothing to quantize: empty tensor of shape {tuple(x.shape)}")
     bad = ~torch.isfinite(x) | (x.abs() > MAX_ABS)  # (MAX_ABS is inf in fp16: isfinite covers it)
     if not bool(bad.any()):
         return
@@ -69,3 +71,12 @@ def check_input(x: torch.Tensor, where: str = "") -> None:
         f"{prefix}{kind} {value} at ({pos}) of {int(bad.sum())} bad element(s); "
         f"K/V overflowed upstream (run the model in bf16 or float32 instead of float16)"
     )
+
+
+def to_output(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float32 dequantized values -> ``dtype``. For float16, values are first clamped to +-65504:
+    the outward-rounded grid can reach just past the largest finite fp16 value, which the cast
+    would turn into inf (the Triton kernels clamp the same way)."""
+    if dtype == torch.float16:
+        values = values.clamp(-65504.0, 65504.0)
+    return values.to(dtype)

@@ -211,3 +211,32 @@ def test_scale_and_zero_are_bf16_and_cover_the_group() -> None:
     assert bool((z <= xg.amin(1)).all())
     assert bool((z + s * scheme.qmax >= xg.amax(1) - 1e-6 * xg.abs().amax(1)).all())
     assert math.isclose(q.nbytes, x.numel() / 2 + 2 * 2 * o, rel_tol=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fp16_extremes_dequantize_finite(backend: str) -> None:
+    """The outward-rounded grid can end just past 65504; the fp16 output is clamped, not inf."""
+    x = torch.tensor([[-65504.0, 0.0, 30000.0, 65504.0]], dtype=torch.float16)
+    for scheme in (IntScheme(8), IntScheme(4), IntScheme(3, True)):
+        out = dequantize(quantize(x, scheme, backend=backend), backend=backend)  # type: ignore[arg-type]
+        assert bool(torch.isfinite(out).all())
+        assert float((out.float() - x.float()).abs().max()) <= float(quantize(x, scheme).scale.float().max()) / 2
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_frozen_scale_must_be_finite_and_positive(bad: float) -> None:
+    x = torch.ones(1, 1, 2, 8)
+    with pytest.raises(ValueError, match="a frozen scale must be finite and > 0"):
+        quantize(x, IntScheme(8, True, Granularity.TENSOR), scale=torch.tensor([[bad]]))
+
+
+def test_a_frozen_grid_is_used_as_stored() -> None:
+    """A float32 scale bf16 cannot hold is rounded to the stored bf16 value before quantizing, so
+    dequantize uses the grid the codes were made on; symmetric schemes keep no zero-point."""
+    x = torch.linspace(-1, 1, 16).reshape(1, 1, 2, 8)
+    scheme = IntScheme(8, True, Granularity.TENSOR)
+    odd = torch.tensor([[1 / 127 + 1e-6]])
+    q = quantize(x, scheme, scale=odd, zero=torch.tensor([[0.5]]))
+    assert q.zero is None and q.scale.dtype == torch.bfloat16
+    again = quantize(x, scheme, scale=q.scale)
+    assert torch.equal(q.data, again.data)
