@@ -24,8 +24,8 @@ def _no_cuda() -> bool:
 if "TRITON_INTERPRET" not in os.environ and _no_cuda():
     os.environ["TRITON_INTERPRET"] = "1"
 
-import pytest
-from hypothesis import HealthCheck, settings
+import pytest  # noqa: E402 (after the TRITON_INTERPRET decision)
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 pytest_plugins = ["pytester"]
 

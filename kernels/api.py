@@ -34,6 +34,11 @@ def quantize(
 ) -> QuantizedTensor:
     """x [*lead, T, D] -> stored form. ``scale``/``zero`` freeze a static grid (tensor/amax modes)."""
     _check_backend(backend)
+    if isinstance(scheme, IntScheme) and scheme.outliers:
+        raise ValueError(
+            f"{scheme}: outlier channels are kept by QuantizedStream (kernels/stream.py), which "
+            "quantizes the other channels with the same scheme minus out<K>"
+        )
     try:
         scale, zero = _frozen_grid(scheme, scale, zero)
     except ValueError:

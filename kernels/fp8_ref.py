@@ -47,7 +47,7 @@ def fp8_scale(x: torch.Tensor, scheme: Fp8Scheme) -> torch.Tensor:
     return torch.where(s == 0, torch.ones_like(s), s)
 
 
-def _broadcast(scale: torch.Tensor, x3: torch.Tensor) -> torch.Tensor:
+def _broadcast(scale: torch.Tensor) -> torch.Tensor:
     return scale.reshape(-1, 1, 1) if scale.dim() == 1 else scale
 
 
@@ -58,7 +58,7 @@ def quantize_fp8(
     check_input(x, where)
     s = fp8_scale(x, scheme) if scale is None else scale.float()
     x3 = x.float().reshape(-1, x.shape[-2], x.shape[-1])  # [P, T, D]
-    data = fp8_encode(x3 / _broadcast(s, x3), scheme.fmt).reshape(x.shape)
+    data = fp8_encode(x3 / _broadcast(s), scheme.fmt).reshape(x.shape)
     return QuantizedTensor(data=data, scale=s, zero=None, shape=x.shape, dtype=x.dtype, scheme=scheme)
 
 
@@ -66,4 +66,4 @@ def dequantize_fp8(q: QuantizedTensor, dtype: torch.dtype | None = None) -> torc
     scheme = q.scheme
     assert isinstance(scheme, Fp8Scheme)
     x3 = fp8_decode(q.data, scheme.fmt).reshape(-1, q.shape[-2], q.shape[-1])
-    return to_output((x3 * _broadcast(q.scale, x3)).reshape(q.shape), dtype or q.dtype)
+    return to_output((x3 * _broadcast(q.scale)).reshape(q.shape), dtype or q.dtype)

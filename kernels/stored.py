@@ -67,10 +67,12 @@ def check_input(x: torch.Tensor, where: str = "") -> None:
     pos = ", ".join(f"{n}={i}" for n, i in zip(names, idx, strict=True)) if names else str(idx)
     kind = "non-finite value" if not torch.isfinite(x[idx]) else f"|value| above {MAX_ABS:.3g}"
     prefix = f"{where}: " if where else ""
-    raise NonFiniteError(
-        f"{prefix}{kind} {value} at ({pos}) of {int(bad.sum())} bad element(s); "
-        f"K/V overflowed upstream (run the model in bf16 or float32 instead of float16)"
+    hint = (
+        "K/V overflowed float16 upstream: run the model in bfloat16 or float32"
+        if x.dtype == torch.float16
+        else "the model produced non-finite or out-of-range K/V upstream"
     )
+    raise NonFiniteError(f"{prefix}{kind} {value} at ({pos}) of {int(bad.sum())} bad element(s); {hint}")
 
 
 def to_output(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -14,6 +14,8 @@ their group's range, so min, max and amax are those of the other channels.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from kvsafety_tests.spec import Fp8Scheme, Granularity, IntScheme, NoQuant, TensorScheme
@@ -65,6 +67,7 @@ class QuantizedStream:
         kept = None
         if isinstance(scheme, IntScheme) and scheme.outliers:
             chunk, kept = self._split_outliers(chunk, scheme)
+            scheme = replace(scheme, outliers=0)  # the kernels see the neutralised chunk
         scale, zero = self._static if self._static is not None else (None, None)
         where = f"{self.where} tokens {self.n_quantized}.." if self.where else ""
         q = quantize(chunk, scheme, backend=self.backend, scale=scale, zero=zero, where=where)

@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m kvsafety_tests",
         description="Audit a model's refusals under KV-cache quantizers and write the JSON report.",
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name, local folder/GGUF, or hub id (default: {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"registry name, local folder/GGUF, or hub id (default: {DEFAULT_MODEL})",
+    )
     p.add_argument(
         "--quantizer",
         action="append",
@@ -78,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-completions", action="store_true", help="store completion texts in the report")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled (*.bin) checkpoints")
-    p.add_argument("--report", default=".kvsafety/report.json", help="JSON report path (default: .kvsafety/report.json)")
+    p.add_argument(
+        "--report", default=".kvsafety/report.json", help="JSON report path (default: .kvsafety/report.json)"
+    )
     return p
 
 

@@ -57,8 +57,10 @@ class QuantizedKVLayer(DynamicLayer):
         self.window = spec.window(layer_idx)
         self.pad_lengths = list(pad_lengths) if pad_lengths is not None else None
         self.backend: Backend = backend
-        per_sequence = bool(self.pad_lengths) and any(self.pad_lengths or []) and not (
-            spec.residual == 0 and is_token_local(kv.key) and is_token_local(kv.value)
+        per_sequence = (
+            bool(self.pad_lengths)
+            and any(self.pad_lengths or [])
+            and not (spec.residual == 0 and is_token_local(kv.key) and is_token_local(kv.value))
         )
         rows = len(self.pad_lengths) if per_sequence and self.pad_lengths else 1
         self.per_sequence = per_sequence
@@ -138,10 +140,14 @@ class QuantizedKVLayer(DynamicLayer):
         return quantized, total
 
     def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("a quantized KV layer cannot be cropped (speculative decoding is not supported)")
+        raise NotImplementedError(
+            "a quantized KV layer cannot be cropped (speculative decoding is not supported)"
+        )
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("a quantized KV layer does not support beam search; generation here is greedy")
+        raise NotImplementedError(
+            "a quantized KV layer does not support beam search; generation here is greedy"
+        )
 
 
 class QuantizedKVCache(Cache):
@@ -155,23 +161,24 @@ class QuantizedKVCache(Cache):
         backend: Backend = "torch",
     ) -> None:
         layers = [QuantizedKVLayer(spec, i, pad_lengths, backend) for i in range(num_layers)]
-        super().__init__(layers=layers)
+        super().__init__(layers=list(layers))
         self.spec = spec
+        self.kv_layers: list[QuantizedKVLayer] = layers  # typed view of self.layers
 
     @property
     def nbytes(self) -> int:
-        return sum(layer.nbytes for layer in self.layers)
+        return sum(layer.nbytes for layer in self.kv_layers)
 
     @property
     def held_positions(self) -> int:
         """Token positions the cache holds per layer (pads included where a stream is batched)."""
-        layer = self.layers[0]
+        layer = self.kv_layers[0]
         return sum(s.n_tokens * (1 if layer.per_sequence else layer.batch_size) for s in layer.key_streams)
 
     def quantized_fraction(self) -> float | None:
         """Fraction of the real K/V token positions now held quantized (None before any update)."""
         quantized = total = 0
-        for layer in self.layers:
+        for layer in self.kv_layers:
             q, t = layer.token_counts()
             quantized, total = quantized + q, total + t
         return None if total == 0 else quantized / total
@@ -182,4 +189,3 @@ def cache_kwarg(model: Any) -> str:
     ``past_key_values`` (5.19 .. 5.23)."""
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
-

@@ -57,9 +57,12 @@ class HFBackend:
         self.kernel_backend: Backend = kernel_backend
         self.num_layers = int(model.config.num_hidden_layers)
         self.head_dim = int(
-            getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+            getattr(model.config, "head_dim", None)
+            or model.config.hidden_size // model.config.num_attention_heads
         )
-        self.num_kv_heads = int(getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads)
+        self.num_kv_heads = int(
+            getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
+        )
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self._cache_kw = cache_kwarg(model)
@@ -116,7 +119,9 @@ class HFBackend:
             batch_forced = [list(forced[i]) for i in batch] if forced is not None else None
             for i, completion in zip(
                 batch,
-                self._run_batch([encoded[i] for i in batch], spec, max_new_tokens, batch_forced, score_tokens),
+                self._run_batch(
+                    [encoded[i] for i in batch], spec, max_new_tokens, batch_forced, score_tokens
+                ),
                 strict=True,
             ):
                 completion.prompt_index = i
@@ -139,10 +144,16 @@ class HFBackend:
         width = max(len(e) for e in encoded)
         pads = [width - len(e) for e in encoded]
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([[pad_id] * p + e for p, e in zip(pads, encoded, strict=True)], device=self.device)  # [B, T]
-        mask = torch.tensor([[0] * p + [1] * len(e) for p, e in zip(pads, encoded, strict=True)], device=self.device)
+        ids = torch.tensor(
+            [[pad_id] * p + e for p, e in zip(pads, encoded, strict=True)], device=self.device
+        )  # [B, T]
+        mask = torch.tensor(
+            [[0] * p + [1] * len(e) for p, e in zip(pads, encoded, strict=True)], device=self.device
+        )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
         cache = QuantizedKVCache(spec, self.num_layers, pads, backend=self.kernel_backend)
+        if forced is not None and _one_pass_exact(spec, self.num_layers):
+            return self._forced_one_pass(encoded, ids, mask, positions, cache, forced, pad_id)
         steps = max(len(f) for f in forced) if forced is not None else max_new_tokens
         out_tokens: list[list[int]] = [[] for _ in range(b)]
         logprobs: list[list[float]] = [[] for _ in range(b)]
@@ -191,8 +202,61 @@ class HFBackend:
             step_pos = positions[:, -1:] + 1 + step
         self._kv_bytes += cache.nbytes
         self._kv_positions += cache.held_positions
+        return self._completions(encoded, out_tokens, scores, logprobs, fraction)
+
+    def _forced_one_pass(
+        self,
+        encoded: list[list[int]],
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: QuantizedKVCache,
+        forced: list[list[int]],
+        pad_id: int,
+    ) -> list[Completion]:
+        """Teacher forcing in two passes (prompt, then every forced token at once). Exact for specs
+        whose every token is quantized on arrival by itself (window 1, token-local): each forced
+        token then attends to the same stored K/V as in step-by-step decoding."""
+        b = len(encoded)
+        length = max(len(f) for f in forced)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
+        first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B, V]
+        cont = torch.tensor([f + [pad_id] * (length - len(f)) for f in forced], device=self.device)  # [B, L]
+        cont_mask = torch.tensor([[1] * len(f) + [0] * (length - len(f)) for f in forced], device=self.device)
+        cont_pos = positions[:, -1:] + 1 + torch.arange(length, device=self.device)[None, :]  # [B, L]
+        out = self.model(
+            input_ids=cont,
+            attention_mask=torch.cat([mask, cont_mask], 1),
+            position_ids=cont_pos,
+            use_cache=True,
+            **{self._cache_kw: cache},
+        )
+        rest = torch.log_softmax(out.logits[:, :-1, :].float(), dim=-1)  # [B, L-1, V]: predicts tokens 1..L-1
+        logprobs: list[list[float]] = []
+        for r, f in enumerate(forced):
+            row = [float(first[r, f[0]])] if f else []
+            if len(f) > 1:
+                row += rest[r, torch.arange(len(f) - 1), torch.tensor(f[1:])].tolist()
+            logprobs.append(row)
+        return self._completions(encoded, [[] for _ in range(b)], [{} for _ in range(b)], logprobs, None)
+
+    def _completions(
+        self,
+        encoded: list[list[int]],
+        out_tokens: list[list[int]],
+        scores: list[dict[str, float]],
+        logprobs: list[list[float]],
+        fraction: float | None,
+    ) -> list[Completion]:
         completions = []
-        for r in range(b):
+        for r in range(len(encoded)):
             tokens = out_tokens[r]
             text_tokens = [t for t in tokens if t not in self.eos_ids]
             completions.append(
@@ -207,3 +271,14 @@ class HFBackend:
                 )
             )
         return completions
+
+
+def _one_pass_exact(spec: QuantSpec, num_layers: int) -> bool:
+    """Whether a whole forced continuation can go through in one pass without changing what any
+    token attends to: every layer quantizes each token on arrival, by itself."""
+    from .cache import is_token_local
+
+    return all(
+        spec.window(i) == 1 and is_token_local(spec.layer(i).key) and is_token_local(spec.layer(i).value)
+        for i in range(num_layers)
+    )

@@ -85,13 +85,11 @@ def registry() -> dict[str, ModelEntry]:
     """The shipped registry, by name."""
     text = resources.files("kvsafety_tests.fixtures").joinpath("models.json").read_text()
     raw: dict[str, dict[str, Any]] = json.loads(text)
-    return {
-        name: ModelEntry(
-            name=name,
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()},
-        )
-        for name, fields in raw.items()
-    }
+    entries: dict[str, ModelEntry] = {}
+    for name, fields in raw.items():
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        entries[name] = ModelEntry(name=name, **values)
+    return entries
 
 
 def cache_dir() -> Path:
@@ -143,10 +141,17 @@ def resolve_model(
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1 or os.sep + os.sep in name
+    return (
+        name.startswith((".", "/", "~"))
+        or name.endswith(".gguf")
+        or name.count("/") > 1
+        or os.sep + os.sep in name
+    )
 
 
-def _resolve_folder(name: str, path: Path, allow_pickle: bool, cache: Path, progress: Progress) -> ResolvedModel:
+def _resolve_folder(
+    name: str, path: Path, allow_pickle: bool, cache: Path, progress: Progress
+) -> ResolvedModel:
     files = sorted(p.name for p in path.iterdir() if p.is_file())
     safetensors = [f for f in files if f.endswith(".safetensors")]
     ggufs = [f for f in files if f.endswith(".gguf")]
@@ -154,10 +159,14 @@ def _resolve_folder(name: str, path: Path, allow_pickle: bool, cache: Path, prog
     if safetensors:
         if "config.json" not in files:
             raise ModelError(f"model folder {name!r} has weights but no config.json")
-        return ResolvedModel(name=name, path=str(path), sha256=_folder_digest(path, safetensors), source="folder")
+        return ResolvedModel(
+            name=name, path=str(path), sha256=_folder_digest(path, safetensors), source="folder"
+        )
     if ggufs:
         if len(ggufs) > 1:
-            raise ModelError(f"model folder {name!r} holds several GGUF files ({', '.join(ggufs)}); pass one file")
+            raise ModelError(
+                f"model folder {name!r} holds several GGUF files ({', '.join(ggufs)}); pass one file"
+            )
         return _resolve_gguf_file(name, path / ggufs[0], cache, progress)
     if pickles:
         if not allow_pickle:
@@ -269,7 +278,9 @@ def _convert_gguf(gguf: Path, target: Path, name: str, progress: Progress) -> No
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
-    parsed = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=skeleton, torch_dtype=torch.bfloat16)
+    parsed = load_gguf_checkpoint(
+        str(gguf), return_tensors=True, model_to_load=skeleton, torch_dtype=torch.bfloat16
+    )
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     missing, unexpected = model.load_state_dict(parsed["tensors"], strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
@@ -327,7 +338,9 @@ def load_model(
             ) from None
         raise
     except OSError as e:
-        raise ModelError(f"model {resolved.name!r} could not be loaded from {resolved.path}: {str(e).splitlines()[0]}") from None
+        raise ModelError(
+            f"model {resolved.name!r} could not be loaded from {resolved.path}: {str(e).splitlines()[0]}"
+        ) from None
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
             f"model {resolved.name!r} has no chat template in its tokenizer; use an instruction-tuned model "

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 import torch
+from kvsafety_tests.kernels import dequantize, quantize
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from kvsafety_tests.cache import QuantizedKVCache, QuantizedKVLayer, is_token_local
 from kvsafety_tests.hf_backend import HFBackend
-from kvsafety_tests.kernels import dequantize, quantize
 from kvsafety_tests.spec import IntScheme, NoQuant, parse_spec
 
 from .models_fixture import SMOL, load
@@ -25,7 +25,9 @@ PROMPTS = [
 SEEN: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
 
-def _recording_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, **kw: Any) -> Any:
+def _recording_attention(
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, **kw: Any
+) -> Any:
     SEEN.append((module.layer_idx, key.clone(), value.clone()))
     return sdpa_attention_forward(module, query, key, value, *args, **kw)
 
@@ -44,7 +46,9 @@ def _record_updates(cache: QuantizedKVCache) -> list[list[tuple[torch.Tensor, to
     for i, layer in enumerate(cache.layers):
         original = layer.update
 
-        def update(k: torch.Tensor, v: torch.Tensor, *a: Any, _i: int = i, _f: Any = original, **kw: Any) -> Any:
+        def update(
+            k: torch.Tensor, v: torch.Tensor, *a: Any, _i: int = i, _f: Any = original, **kw: Any
+        ) -> Any:
             raw[_i].append((k.clone(), v.clone()))
             return _f(k, v, *a, **kw)
 
@@ -52,9 +56,14 @@ def _record_updates(cache: QuantizedKVCache) -> list[list[tuple[torch.Tensor, to
     return raw
 
 
-def _decode(model: Any, tok: Any, spec: str, steps: int = 4) -> tuple[QuantizedKVCache, list[Any], torch.Tensor]:
+def _decode(
+    model: Any, tok: Any, spec: str, steps: int = 4
+) -> tuple[QuantizedKVCache, list[Any], torch.Tensor]:
     """Prefill a left-padded batch, then ``steps`` greedy decode steps, recording everything."""
-    enc = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True) for p in PROMPTS]
+    enc = [
+        tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
+        for p in PROMPTS
+    ]
     enc = [list(e["input_ids"]) if isinstance(e, dict) or hasattr(e, "keys") else list(e) for e in enc]
     width = max(map(len, enc))
     pads = [width - len(e) for e in enc]
@@ -72,7 +81,13 @@ def _decode(model: Any, tok: Any, spec: str, steps: int = 4) -> tuple[QuantizedK
             for step in range(steps):
                 nxt = out.logits[:, -1].argmax(-1, keepdim=True)
                 mask = torch.cat([mask, torch.ones_like(nxt)], 1)
-                out = model(input_ids=nxt, attention_mask=mask, position_ids=pos[:, -1:] + 1 + step, cache=cache, logits_to_keep=1)
+                out = model(
+                    input_ids=nxt,
+                    attention_mask=mask,
+                    position_ids=pos[:, -1:] + 1 + step,
+                    cache=cache,
+                    logits_to_keep=1,
+                )
     finally:
         model.set_attn_implementation(saved)
     return cache, raw, torch.tensor(pads)
@@ -80,7 +95,7 @@ def _decode(model: Any, tok: Any, spec: str, steps: int = 4) -> tuple[QuantizedK
 
 def test_attention_sees_exactly_dequant_of_quant_of_k_per_token(smol: tuple[Any, Any]) -> None:
     model, tok = smol
-    cache, raw, _ = _decode(model, tok, "int4")
+    _, raw, _ = _decode(model, tok, "int4")
     scheme = IntScheme(4)
     layer = 5
     seen = [(k, v) for i, k, v in SEEN if i == layer]
@@ -107,7 +122,8 @@ def test_residual_window_is_per_sequence_under_left_padding(smol: tuple[Any, Any
         n = own.shape[-2]
         flushed = (n // 4) * 4  # windows close one at a time, but chunks are exactly the windows
         expected = torch.cat(
-            [dequantize(quantize(own[:, :, s : s + 4], spec.kv.key)) for s in range(0, flushed, 4)] + [own[:, :, flushed:]],
+            [dequantize(quantize(own[:, :, s : s + 4], spec.kv.key)) for s in range(0, flushed, 4)]
+            + [own[:, :, flushed:]],
             dim=-2,
         )
         assert torch.equal(k_seen[r : r + 1, :, pad:], expected)
@@ -129,8 +145,15 @@ def test_none_spec_matches_transformers_generate(smol: tuple[Any, Any]) -> None:
     backend = HFBackend(model, tok, batch_size=1)
     out = backend.run(PROMPTS, "none", max_new_tokens=12)
     for prompt, completion in zip(PROMPTS, out, strict=True):
-        enc = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        ref = model.generate(**enc, max_new_tokens=12, do_sample=False)[0, enc["input_ids"].shape[1] :].tolist()
+        enc = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
+        ref = model.generate(**enc, max_new_tokens=12, do_sample=False)[
+            0, enc["input_ids"].shape[1] :
+        ].tolist()
         assert completion.token_ids == ref[: len(completion.token_ids)]
 
 
@@ -171,7 +194,9 @@ def test_bytes_per_token_and_quantized_fraction(smol: tuple[Any, Any]) -> None:
     full = backend.fp16_bytes_per_token
     out = backend.run(PROMPTS, "int4-g64", max_new_tokens=4)
     assert backend.last_kv_bytes_per_token is not None
-    assert backend.last_kv_bytes_per_token / full == pytest.approx(0.28125)  # 32 B codes + 4 B scale/zero per 64
+    assert backend.last_kv_bytes_per_token / full == pytest.approx(
+        0.28125
+    )  # 32 B codes + 4 B scale/zero per 64
     assert out[0].quantized_fraction == 1.0
     backend.run(PROMPTS, "none", max_new_tokens=4)
     assert backend.last_kv_bytes_per_token == 2 * full  # this fixture's model runs in float32
@@ -193,3 +218,22 @@ def test_unsupported_cache_operations_say_so() -> None:
     with pytest.raises(NotImplementedError, match="cannot be cropped"):
         layer.crop(-1)
 
+
+@pytest.mark.parametrize("spec", ["none", "int4", "fp8_e5m2"])
+def test_one_pass_teacher_forcing_equals_step_by_step(
+    smol: tuple[Any, Any], spec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For token-local, window-1 specs the forced continuation goes through in one pass; the
+    log-probabilities agree with step-by-step forcing up to float order (float32 model)."""
+    import kvsafety_tests.hf_backend as hb
+
+    model, tok = smol
+    backend = HFBackend(model, tok, batch_size=3)
+    greedy = backend.run(PROMPTS, spec, max_new_tokens=8)
+    forced = [g.token_ids for g in greedy]
+    fast = backend.run(PROMPTS, spec, forced=forced)
+    monkeypatch.setattr(hb, "_one_pass_exact", lambda *_: False)
+    slow = backend.run(PROMPTS, spec, forced=forced)
+    for a, b in zip(fast, slow, strict=True):
+        assert len(a.logprobs) == len(b.logprobs) > 0
+        assert a.logprobs == pytest.approx(b.logprobs, abs=2e-3)  # float32 matmuls of other shapes

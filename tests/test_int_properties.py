@@ -220,7 +220,9 @@ def test_fp16_extremes_dequantize_finite(backend: str) -> None:
     for scheme in (IntScheme(8), IntScheme(4), IntScheme(3, True)):
         out = dequantize(quantize(x, scheme, backend=backend), backend=backend)  # type: ignore[arg-type]
         assert bool(torch.isfinite(out).all())
-        assert float((out.float() - x.float()).abs().max()) <= float(quantize(x, scheme).scale.float().max()) / 2
+        assert (
+            float((out.float() - x.float()).abs().max()) <= float(quantize(x, scheme).scale.float().max()) / 2
+        )
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])

