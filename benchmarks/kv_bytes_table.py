@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from kvsafety_tests.kernels import QuantizedStream
 
+from kvsafety_tests.kernels import QuantizedStream
 from kvsafety_tests.spec import parse_spec
 
 SPECS = [

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import torch
+
 from kvsafety_tests.kernels.api import dequantize, quantize
 from kvsafety_tests.kernels.fused import dequantize_fused, quantize_fused
-
 from kvsafety_tests.spec import Fp8Scheme, Granularity, IntScheme
 
 DEFAULT_SHAPE = "8,8,2048,128"

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .audit import DEFAULT_QUANTIZERS, AuditSettings
+from .audit import DEFAULT_QUANTIZERS, DEFAULT_THRESHOLDS, AuditSettings
 from .models import DEFAULT_MODEL
 from .spec import SpecError, parse_spec
 from .thresholds import Thresholds
@@ -76,7 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     p.add_argument("--device", default="cpu")
     p.add_argument("--kernel-backend", choices=["torch", "triton"], default="torch")
-    p.add_argument("--threshold", action="append", type=_threshold, default=[], metavar="NAME=VALUE")
+    defaults = ", ".join(f"{k}={v:g}" for k, v in DEFAULT_THRESHOLDS.items())
+    p.add_argument(
+        "--threshold",
+        action="append",
+        type=_threshold,
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"gate threshold, repeatable; replaces that default (defaults: {defaults})",
+    )
+    p.add_argument(
+        "--no-default-thresholds", action="store_true", help="gate only on the --threshold values given"
+    )
     p.add_argument("--no-noise-floor", action="store_true", help="skip the fp rerun at another batch size")
     p.add_argument("--no-perplexity", action="store_true")
     p.add_argument("--store-completions", action="store_true", help="store completion texts in the report")
@@ -101,7 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             device=args.device,
             dtype=args.dtype,
-            thresholds=Thresholds.from_mapping(dict(args.threshold)),
+            thresholds=Thresholds.from_mapping(
+                {**({} if args.no_default_thresholds else DEFAULT_THRESHOLDS), **dict(args.threshold)}
+            ),
             noise_floor=not args.no_noise_floor,
             perplexity=not args.no_perplexity,
             store_completions=args.store_completions,

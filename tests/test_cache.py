@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 import torch
-from kvsafety_tests.kernels import dequantize, quantize
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from kvsafety_tests.cache import QuantizedKVCache, QuantizedKVLayer, is_token_local
 from kvsafety_tests.hf_backend import HFBackend
+from kvsafety_tests.kernels import dequantize, quantize
 from kvsafety_tests.spec import IntScheme, NoQuant, parse_spec
 
 from .models_fixture import SMOL, load

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kvsafety_tests.kernels import FP8_DTYPES, FP8_MAX, dequantize, fp8_decode, fp8_encode, quantize
 
+from kvsafety_tests.kernels import FP8_DTYPES, FP8_MAX, dequantize, fp8_decode, fp8_encode, quantize
 from kvsafety_tests.spec import Fp8Scheme
 
 FORMATS = ["e4m3", "e5m2"]

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kvsafety_tests.kernels.api import dequantize, quantize
 from kvsafety_tests.kernels.fused import dequantize_fused, fused_supports, quantize_fused
 from kvsafety_tests.kernels.stored import MAX_ABS, NonFiniteError, QuantizedTensor
-
 from kvsafety_tests.spec import Fp8Scheme, Granularity, IntScheme, parse_spec
 
 SHAPE = (2, 4, 33, 128)  # [batch, kv_heads, tokens, head_dim]; 33 tokens: an odd row count

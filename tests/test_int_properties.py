@@ -13,8 +13,8 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from kvsafety_tests.kernels import dequantize, group_view, quantize, unpack_codes
 
+from kvsafety_tests.kernels import dequantize, group_view, quantize, unpack_codes
 from kvsafety_tests.spec import INT_BITS, Granularity, IntScheme
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

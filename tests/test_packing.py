@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from kvsafety_tests.kernels import pack_codes, packed_width, unpack_codes
 
 BITS = [1, 2, 3, 4, 5, 6, 7, 8]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kvsafety_tests.kernels import NonFiniteError, QuantizedStream, dequantize, quantize
 
+from kvsafety_tests.kernels import NonFiniteError, QuantizedStream, dequantize, quantize
 from kvsafety_tests.spec import Granularity, IntScheme, NoQuant, parse_spec
 
 B, H, D = 2, 3, 64

@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from kvsafety_tests.kernels import (
     FP8_DTYPES,
     FP8_MAX,
@@ -26,7 +27,6 @@ from kvsafety_tests.kernels import (
     quantize,
     triton_kernels,
 )
-
 from kvsafety_tests.spec import Fp8Format, Fp8ScaleMode, Fp8Scheme, Granularity, IntScheme
 
 BITS = [2, 3, 4, 5, 6, 7, 8]
