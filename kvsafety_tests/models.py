@@ -40,6 +40,7 @@ __all__ = [
     "ResolvedModel",
     "cache_dir",
     "load_model",
+    "log_progress",
     "registry",
     "resolve_model",
 ]
@@ -102,8 +103,8 @@ def cache_dir() -> Path:
     return Path(base) / "kvsafety"
 
 
-def _stderr(message: str) -> None:
-    # Written to the real stderr so that progress shows through pytest's capture.
+def log_progress(message: str) -> None:
+    """One "[kvsafety] ..." line on the real stderr, so that progress shows through pytest's capture."""
     stream = sys.__stderr__ or sys.stderr
     print(f"[kvsafety] {message}", file=stream, flush=True)
 
@@ -113,7 +114,7 @@ def resolve_model(
     *,
     allow_pickle: bool = False,
     cache: Path | None = None,
-    progress: Progress = _stderr,
+    progress: Progress = log_progress,
 ) -> ResolvedModel:
     """Turn a model name into loadable files, converting packaged/GGUF weights once."""
     entries = registry()

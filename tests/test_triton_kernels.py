@@ -154,11 +154,15 @@ def test_int_shapes(granularity: Granularity, head_dim: int, tokens: int, dtype:
 @pytest.mark.parametrize("tokens", CHANNEL_TOKENS)
 @pytest.mark.parametrize("group", CHANNEL_GROUPS)
 def test_int_channel(group: int, tokens: int, head_dim: int, dtype: torch.dtype) -> None:
-    if tokens % group:
-        pytest.skip(f"{tokens} tokens are not whole groups of {group}")
     x = kv((2, 2, tokens, head_dim), dtype, seed=group + head_dim)
     for bits, sym in ((2, False), (5, True)):
-        check_roundtrip(x, IntScheme(bits, sym, Granularity.CHANNEL, group))
+        scheme = IntScheme(bits, sym, Granularity.CHANNEL, group)
+        if tokens % group:  # partial token groups: both backends refuse, with the same message
+            for backend in ("torch", "triton"):
+                with pytest.raises(ValueError, match=f"whole groups of {group} tokens, got {tokens} tokens"):
+                    quantize(x, scheme, backend=backend)
+        else:
+            check_roundtrip(x, scheme)
 
 
 @pytest.mark.parametrize("group", GROUP_SIZES)
