@@ -396,6 +396,18 @@ def _int_dequant_kernel(
 
 
 @triton.jit
+def _fp8_scale_tile(
+    s_ptr, rows, rmask, offs, T, PER_ROW: tl.constexpr, BLOCK_T: tl.constexpr, DP: tl.constexpr
+):
+    """The FP8 scale for every element of the tile: one per leading row p = n // T, or one value."""
+    if PER_ROW:
+        s = tl.load(s_ptr + rows // T, mask=rmask, other=1.0)  # [BLOCK_T]
+        return tl.broadcast_to(s[:, None], [BLOCK_T, DP])
+    else:
+        return tl.load(s_ptr + offs * 0)  # [BLOCK_T, DP], one value
+
+
+@triton.jit
 def _fp8_quant_kernel(
     x_ptr,
     s_ptr,
@@ -425,11 +437,7 @@ def _fp8_quant_kernel(
     x = load_f32(x_ptr, offs, mask, IN_BF16)  # [BLOCK_T, DP]
     x, bad = sanitize(x, MAXABS)
     tl.store(flag_ptr + pid, tl.sum(bad.to(tl.int32)))
-    if PER_ROW:
-        s = tl.load(s_ptr + rows // T, mask=rmask, other=1.0)  # [BLOCK_T]
-        s2 = tl.broadcast_to(s[:, None], [BLOCK_T, DP])
-    else:
-        s2 = tl.load(s_ptr + offs * 0)  # [BLOCK_T, DP], one value
+    s2 = _fp8_scale_tile(s_ptr, rows, rmask, offs, T, PER_ROW, BLOCK_T, DP)  # [BLOCK_T, DP]
     y = tl.math.div_rn(x, s2)
     code = fp8_encode(y, MBITS, BIAS, FMAX, MIN_NORMAL, SUB_SCALE)  # [BLOCK_T, DP] int32
     tl.store(out_ptr + offs, code.to(tl.uint8), mask=mask)
@@ -461,11 +469,7 @@ def _fp8_dequant_kernel(
     offs = rows[:, None] * D + cols[None, :]  # [BLOCK_T, DP]
     b = tl.load(q_ptr + offs, mask=mask, other=0).to(tl.int32)  # [BLOCK_T, DP]
     v = fp8_decode(b, MBITS, BIAS, E4M3, SUB_QUANTUM)  # [BLOCK_T, DP] float32
-    if PER_ROW:
-        s = tl.load(s_ptr + rows // T, mask=rmask, other=1.0)  # [BLOCK_T]
-        s2 = tl.broadcast_to(s[:, None], [BLOCK_T, DP])
-    else:
-        s2 = tl.load(s_ptr + offs * 0)  # [BLOCK_T, DP], one value
+    s2 = _fp8_scale_tile(s_ptr, rows, rmask, offs, T, PER_ROW, BLOCK_T, DP)  # [BLOCK_T, DP]
     store_out(out_ptr, offs, v * s2, mask, OUT)
 
 
