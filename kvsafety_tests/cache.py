@@ -57,12 +57,12 @@ class QuantizedKVLayer(DynamicLayer):
         self.window = spec.window(layer_idx)
         self.pad_lengths = list(pad_lengths) if pad_lengths is not None else None
         self.backend: Backend = backend
+        pads = self.pad_lengths or []
         per_sequence = (
-            bool(self.pad_lengths)
-            and any(self.pad_lengths or [])
+            any(pads)  # some sequence is padded
             and not (spec.residual == 0 and is_token_local(kv.key) and is_token_local(kv.value))
         )
-        rows = len(self.pad_lengths) if per_sequence and self.pad_lengths else 1
+        rows = len(pads) if per_sequence else 1
         self.per_sequence = per_sequence
 
         def streams(scheme: TensorScheme, what: str) -> list[QuantizedStream]:
