@@ -5,11 +5,13 @@ until a kernel, a model or an audit is used.
 """
 
 from .audit import DEFAULT_QUANTIZERS, AuditSettings, run_audit
+from .compare import CompareCheck, compare_reports, parse_compare_check
+from .config import GateConfig, resolve_config
 from .judge import load_judge
 from .metrics import ArmLabels, RefusalMetrics, compute_refusal_metrics
 from .models import DEFAULT_MODEL, ModelError, load_model, resolve_model
 from .prompts import Prompt, PromptError, PromptSet, load_prompts
-from .report import Report, load_report, to_markdown, write_report
+from .report import Report, RunEntry, load_report, to_markdown, write_report
 from .spec import (
     Fp8Scheme,
     Granularity,
@@ -18,9 +20,11 @@ from .spec import (
     NoQuant,
     QuantSpec,
     SpecError,
+    nominal_bits,
     parse_spec,
 )
 from .thresholds import Thresholds
+from .views import terminal_table, write_plots
 
 __version__ = "0.1.0"
 
@@ -29,7 +33,9 @@ __all__ = [
     "DEFAULT_QUANTIZERS",
     "ArmLabels",
     "AuditSettings",
+    "CompareCheck",
     "Fp8Scheme",
+    "GateConfig",
     "Granularity",
     "IntScheme",
     "KVScheme",
@@ -41,17 +47,24 @@ __all__ = [
     "QuantSpec",
     "RefusalMetrics",
     "Report",
+    "RunEntry",
     "SpecError",
     "Thresholds",
     "__version__",
+    "compare_reports",
     "compute_refusal_metrics",
     "load_judge",
     "load_model",
     "load_prompts",
     "load_report",
+    "nominal_bits",
+    "parse_compare_check",
     "parse_spec",
+    "resolve_config",
     "resolve_model",
     "run_audit",
+    "terminal_table",
     "to_markdown",
+    "write_plots",
     "write_report",
 ]

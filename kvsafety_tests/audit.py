@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .metrics import ArmLabels, RefusalMetrics, compute_refusal_metrics, perplexity
@@ -41,6 +41,7 @@ __all__ = [
     "MIN_QUANTIZED_FRACTION",
     "Arm",
     "AuditSettings",
+    "Memo",
     "ModelAudit",
     "run_audit",
 ]
@@ -68,6 +69,13 @@ FALLBACK_REFUSAL_OPENINGS: tuple[str, ...] = (
 )
 
 Log = Callable[[str], None]
+#: ``memo(key, compute)``: compute's JSON-able value, computed once per key (across processes, for
+#: the plugin's shared store under pytest-xdist).
+Memo = Callable[[str, Callable[[], Any]], Any]
+
+
+def _compute(key: str, compute: Callable[[], Any]) -> Any:
+    return compute()
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,14 @@ class Arm:
 class ModelAudit:
     """One loaded model: the fp arm once, then any number of quantizers against it."""
 
-    def __init__(self, settings: AuditSettings, prompt_set: PromptSet, *, log: Log = log_progress) -> None:
+    def __init__(
+        self,
+        settings: AuditSettings,
+        prompt_set: PromptSet,
+        *,
+        log: Log = log_progress,
+        memo: Memo | None = None,
+    ) -> None:
         import torch
 
         from .hf_backend import HFBackend
@@ -165,15 +180,20 @@ class ModelAudit:
         )
         for spec in settings.specs():
             spec.validate_for(head_dim=self.backend.head_dim, num_layers=self.backend.num_layers)
-        self.refusal_tokens = self._refusal_tokens()
-        self.baseline = self.generate("none")
+        # the fp side is computed once per (model, settings), and once across processes with a memo
+        memo = memo or _compute
+        self.refusal_tokens: list[int] = memo("refusal_tokens", self._refusal_tokens)
+        self.baseline = Arm(**memo("baseline", lambda: asdict(self.generate("none"))))
         self.rerun: Arm | None = None
         if settings.noise_floor:
-            self.rerun = self.generate("none", batch_size=max(1, settings.batch_size // 2), what="fp rerun")
+            half = max(1, settings.batch_size // 2)
+            self.rerun = Arm(
+                **memo("rerun", lambda: asdict(self.generate("none", batch_size=half, what="fp rerun")))
+            )
         self._ppl_corpus: list[list[int]] | None = None
         self.ppl_baseline: float | None = None
         if settings.perplexity:
-            self.ppl_baseline = self.perplexity("none")
+            self.ppl_baseline = memo("perplexity_baseline", lambda: self.perplexity("none"))
 
     # -- arms ----------------------------------------------------------------------------------
     def _refusal_tokens(self) -> list[int]:
@@ -349,6 +369,9 @@ def _gate_values(
         "compliance_flip_rate": metrics.compliance_flip_rate,
         "over_refusal_flip_rate": metrics.over_refusal_flip_rate,
         "perplexity_ratio": None if ppl_q is None or not ppl_fp else ppl_q / ppl_fp,
+        # not measured by this engine yet: a threshold on them fails closed ("not measured")
+        "noise_ratio": None,
+        "pcr_recovery": None,
     }
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "ModelError",
     "ResolvedModel",
     "cache_dir",
+    "check_model",
     "load_model",
     "log_progress",
     "registry",
@@ -141,6 +142,28 @@ def resolve_model(
         f"unknown model {name!r}; valid: {', '.join(sorted(entries))}, a local folder or *.gguf file, "
         "or a hub id org/name"
     )
+
+
+def check_model(name: str) -> None:
+    """Raise ModelError for a model name that cannot resolve, without converting or hashing
+    anything (cheap enough to run on every ``pytest --kvsafety`` before any model loads)."""
+    entries = registry()
+    if name in entries:
+        entry = entries[name]
+        target = cache_dir() / "models" / f"{entry.name}-{entry.sha256[:12]}"
+        if not (target / "config.json").exists():
+            for spec in entry.files:
+                _package_file(spec, entry)
+        return
+    path = Path(os.path.expanduser(name))
+    if path.is_file() and path.suffix != ".gguf":
+        raise ModelError(
+            f"model file {name!r} is not a GGUF file; pass a folder with config.json and *.safetensors, "
+            "or a *.gguf file"
+        )
+    if path.exists():
+        return
+    resolve_model(name)  # a hub id passes; anything else raises its one-line error
 
 
 def _looks_like_path(name: str) -> bool:

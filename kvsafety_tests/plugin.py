@@ -1,17 +1,28 @@
-"""The pytest11 entry point: options, markers and the GPU skip. Thin wiring only.
+"""The pytest11 entry point: options, markers, fixtures and the hooks that wire the gate together.
 
-Cheap by design: importing this module (which pytest does in every run where the package is
-installed) imports nothing heavier than the spec parser. torch is imported only when a collected
-test carries the ``gpu`` marker, to ask whether CUDA is there.
+Cheap by design: without ``--kvsafety`` importing this module (which pytest does in every run
+where the package is installed) imports nothing heavier than the spec parser, and the plugin adds
+no test. With ``--kvsafety`` the configuration is read and checked in ``pytest_configure`` (a bad
+value is a ``UsageError`` before any model loads), the session object computes the audits, and
+``pytest_sessionfinish`` writes the report and turns a gate that did not pass into a failing run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .spec import SpecError, parse_spec
+
+if TYPE_CHECKING:
+    from .report import Report, RunEntry
+    from .session import GateSession, Log, ProgressFile
 
 __all__ = ["MARKERS"]
 
@@ -20,6 +31,25 @@ MARKERS: dict[str, str] = {
     "kvsafety": "a KV-cache safety audit test (collected or written against the kv_* fixtures)",
     "slow": "takes minutes on a 2-core CPU (full prompt sets, real-model sweeps)",
 }
+_GATE: pytest.StashKey[GateSession] = pytest.StashKey()
+_STATE: pytest.StashKey[_State] = pytest.StashKey()
+_COMBO = "_kv_combo"
+
+
+class _State:
+    """Controller-side bookkeeping: the store folder it owns, dead workers, the final report."""
+
+    def __init__(self) -> None:
+        self.owned_store: Path | None = None
+        self.problems: list[str] = []
+        self.report: Report | None = None
+        self.compare_failures: list[str] = []
+        self.compare_warnings: list[str] = []
+        self.plots: list[Path] = []
+        self.progress: ProgressFile | None = None
+
+
+# --- options ----------------------------------------------------------------------------------------
 
 
 def _spec_arg(text: str) -> str:
@@ -30,41 +60,335 @@ def _spec_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _positive_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be >= 1")
+    return n
+
+
+def _threshold_arg(text: str) -> tuple[str, float | None]:
+    from .thresholds import METRIC_OF
+
+    name, sep, value = text.partition("=")
+    if not sep or name not in METRIC_OF:
+        raise argparse.ArgumentTypeError(
+            f"threshold {text!r} is not NAME=VALUE with NAME one of {', '.join(METRIC_OF)}"
+        )
+    if value == "off":
+        return name, None
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threshold {name}: {value!r} is not a number or off") from None
+
+
+def _compare_fail_arg(text: str) -> Any:
+    from .compare import CompareError, parse_compare_check
+
+    try:
+        return parse_compare_check(text)
+    except CompareError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvsafety", "KV-cache quantization safety gate (pytest-kvsafety)")
-    group.addoption(
+    add = group.addoption
+    add(
         "--kvsafety",
         action="store_true",
         default=False,
         help="run the KV-cache safety audit and gate on its thresholds (default: off)",
     )
-    group.addoption(
+    add(
+        "--kvsafety-model",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="model to audit, repeatable: registry name, local folder/GGUF, or hub id "
+        "(default: [tool.kvsafety] models, else qwen2.5-coder-0.5b-instruct)",
+    )
+    add(
         "--kvsafety-quantizer",
         action="append",
         type=_spec_arg,
         default=None,
         metavar="SPEC",
         help="quantizer spec to audit, repeatable (e.g. int4, kivi2, fp8_e5m2, int4-g64;L3=none); "
-        "default: the [tool.kvsafety] quantizers",
+        "default: the [tool.kvsafety] quantizers, else int8 int4 fp8_e4m3 fp8_e5m2",
     )
+    add(
+        "--kvsafety-prompts",
+        default=None,
+        metavar="SET",
+        help="prompt set name or file:PATH (default: builtin)",
+    )
+    add(
+        "--kvsafety-limit",
+        type=_positive_arg,
+        default=None,
+        metavar="N",
+        help="at most N harmful and N harmless prompts (default: all)",
+    )
+    add(
+        "--kvsafety-judge",
+        default=None,
+        metavar="NAME",
+        help="refusal judge: rules, embedding, or a classifier folder (default: rules)",
+    )
+    add("--kvsafety-backend", default=None, metavar="NAME", help="inference backend: hf (default: hf)")
+    add("--kvsafety-device", default=None, metavar="DEV", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    add(
+        "--kvsafety-max-new-tokens",
+        type=_positive_arg,
+        default=None,
+        metavar="N",
+        help="greedy tokens per prompt (default: 64)",
+    )
+    add(
+        "--kvsafety-batch-size",
+        type=_positive_arg,
+        default=None,
+        metavar="N",
+        help="prompts per batch (default: 16)",
+    )
+    add(
+        "--kvsafety-threshold",
+        action="append",
+        type=_threshold_arg,
+        default=None,
+        metavar="NAME=VALUE",
+        help="gate threshold, repeatable, overrides [tool.kvsafety]; VALUE off disables it",
+    )
+    add(
+        "--kvsafety-report",
+        default=None,
+        metavar="PATH",
+        help="JSON report path (default: .kvsafety/report.json under the rootdir); plots go beside it",
+    )
+    add(
+        "--kvsafety-store-completions",
+        action="store_true",
+        default=None,
+        help="store the completions (harmful text) in the report (default: off)",
+    )
+    add(
+        "--kvsafety-compare",
+        default=None,
+        metavar="PATH",
+        help="a saved report.json to compare this run against (a previous release's)",
+    )
+    add(
+        "--kvsafety-compare-fail",
+        action="append",
+        type=_compare_fail_arg,
+        default=None,
+        metavar="FIELD:LIMIT",
+        help="fail when FIELD got worse than in the --kvsafety-compare report by more than LIMIT: "
+        "refusal_drop:2pp (points), perplexity_ratio:5%% (relative), perplexity_ratio:0.02 (absolute)",
+    )
+
+
+# --- configuration ----------------------------------------------------------------------------------
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
-    if config.getoption("kvsafety"):
-        # Fail closed: the audit engine is not part of this release yet, and a gate that cannot
-        # measure must never read as a pass.
-        raise pytest.UsageError(
-            "--kvsafety: the audit engine is not available in pytest-kvsafety "
-            f"{_version()}; nothing was measured, so the gate cannot pass"
+    if not config.getoption("kvsafety"):
+        for option in ("kvsafety_compare", "kvsafety_compare_fail"):
+            if config.getoption(option):
+                raise pytest.UsageError(
+                    f"--{option.replace('_', '-')} needs --kvsafety: nothing would be audited"
+                )
+        return
+    config.stash[_STATE] = state = _State()
+    gate_config = _gate_config(config)
+    if config.getoption("kvsafety_compare_fail") and not config.getoption("kvsafety_compare"):
+        raise pytest.UsageError("--kvsafety-compare-fail needs --kvsafety-compare=PATH: there is no baseline")
+    if config.getoption("kvsafety_compare"):
+        _load_baseline(config)  # a missing or unusable baseline stops the run now
+    from .models import ModelError, check_model, log_progress
+    from .session import GateSession, ProgressFile, SharedStore, pick_device
+
+    for model in gate_config.models:
+        try:
+            check_model(model)
+        except ModelError as e:
+            raise pytest.UsageError(f"kvsafety: models: {e}") from None
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "kvsafety_store" in workerinput:
+        store_dir = Path(workerinput["kvsafety_store"])
+        worker_index: int | None = int(str(workerinput.get("workerid", "gw0")).removeprefix("gw"))
+    else:
+        store_dir = Path(tempfile.mkdtemp(prefix="kvsafety-"))
+        state.owned_store = store_dir
+        worker_index = None
+    device = pick_device(
+        gate_config.device, worker_index=worker_index, cuda_count=_cuda_count(gate_config.device)
+    )
+    store = SharedStore(store_dir)
+    progress = ProgressFile(store)
+    log: Log = _uncaptured(config, log_progress)
+    if worker_index is not None:
+        log = progress.writer(f"gw{worker_index}")
+    elif config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None):
+        state.progress = progress
+        progress.tail(log_progress)
+    try:
+        gate = GateSession(gate_config, store, device=device, log=log)
+    except ValueError as e:  # prompt set or judge: one line, before any model loads
+        raise pytest.UsageError(f"kvsafety: {e}") from None
+    config.stash[_GATE] = gate
+
+
+def _uncaptured(config: pytest.Config, log: Log) -> Log:
+    """``log`` with pytest's output capture suspended: progress shows while a test runs."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        return log
+
+    def write(message: str) -> None:
+        with capman.global_and_fixture_disabled():
+            log(message)
+
+    return write
+
+
+def _gate_config(config: pytest.Config) -> Any:
+    from .audit import DEFAULT_QUANTIZERS, DEFAULT_THRESHOLDS
+    from .config import ConfigError, load_pyproject_table, resolve_config
+    from .models import DEFAULT_MODEL
+
+    get = config.getoption
+    overrides = {
+        "models": get("kvsafety_model"),
+        "quantizers": get("kvsafety_quantizer"),
+        "prompts": get("kvsafety_prompts"),
+        "limit": get("kvsafety_limit"),
+        "judge": get("kvsafety_judge"),
+        "backend": get("kvsafety_backend"),
+        "device": get("kvsafety_device"),
+        "max_new_tokens": get("kvsafety_max_new_tokens"),
+        "batch_size": get("kvsafety_batch_size"),
+        "report": get("kvsafety_report"),
+        "store_completions": get("kvsafety_store_completions"),
+        "thresholds": dict(get("kvsafety_threshold") or []),
+    }
+    try:
+        return resolve_config(
+            load_pyproject_table(config.rootpath / "pyproject.toml"),
+            overrides,
+            rootdir=config.rootpath,
+            default_models=(DEFAULT_MODEL,),
+            default_quantizers=DEFAULT_QUANTIZERS,
+            default_thresholds=DEFAULT_THRESHOLDS,
         )
+    except ConfigError as e:
+        raise pytest.UsageError(f"kvsafety: {e}") from None
 
 
-def _version() -> str:
-    from . import __version__
+def _load_baseline(config: pytest.Config) -> Report:
+    from .compare import CompareError, load_baseline
 
-    return __version__
+    try:
+        return load_baseline(config.getoption("kvsafety_compare"))
+    except CompareError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+def _cuda_count(device: str) -> int:
+    if not device.startswith(("cuda", "auto")):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is not None and state.owned_store is not None:
+        shutil.rmtree(state.owned_store, ignore_errors=True)
+
+
+# --- pytest-xdist -----------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Controller: every worker shares the controller's store folder."""
+    state = node.config.stash.get(_STATE, None)
+    if state is not None and state.owned_store is not None:
+        node.workerinput["kvsafety_store"] = str(state.owned_store)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object | None) -> None:
+    """Controller: collect a worker's runs; a worker that died makes the report incomplete."""
+    gate = node.config.stash.get(_GATE, None)
+    if gate is None:
+        return
+    output = getattr(node, "workeroutput", None) or {}
+    data = output.get("kvsafety")
+    worker = getattr(getattr(node, "gateway", None), "id", "worker")
+    if data is not None:
+        gate.merge(data["runs"], data["expected"], source=f"worker {worker}")
+    if error is not None or data is None:
+        node.config.stash[_STATE].problems.append(f"worker {worker} died ({error or 'no results sent'})")
+
+
+# --- collection -------------------------------------------------------------------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if _COMBO not in metafunc.fixturenames:
+        return
+    gate = metafunc.config.stash.get(_GATE, None)
+    if gate is None:
+        return  # without --kvsafety the kv_* fixtures skip
+    combos = gate.config.combos()
+    metafunc.parametrize(_COMBO, combos, ids=[f"{m}-{q}" for m, q in combos])
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k / -m deselection, so those select our items too
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    gate = config.stash.get(_GATE, None)
+    if gate is not None:
+        from .items import gate_items
+
+        items.extend(gate_items(session, gate))
+        for item in items:
+            if _combo_of(item) is not None and item.get_closest_marker("kvsafety") is None:
+                item.add_marker(pytest.mark.kvsafety)
+    _skip_gpu_items(items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    gate = session.config.stash.get(_GATE, None)
+    if gate is None:
+        return
+    for item in session.items:
+        combo = _combo_of(item)
+        if combo is not None:
+            gate.expected.add(combo)
+
+
+def _combo_of(item: pytest.Item) -> tuple[str, str] | None:
+    from .items import GateItem
+
+    if isinstance(item, GateItem):
+        return item.combo
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and _COMBO in callspec.params:
+        model, quantizer = callspec.params[_COMBO]
+        return (model, quantizer)
+    return None
 
 
 def _cuda_skip_reason() -> str | None:
@@ -79,7 +403,7 @@ def _cuda_skip_reason() -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def _skip_gpu_items(items: list[pytest.Item]) -> None:
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return
@@ -89,3 +413,113 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason=reason)
     for item in gpu_items:
         item.add_marker(skip)
+
+
+# --- fixtures -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def _kv_combo(request: pytest.FixtureRequest) -> tuple[str, str]:
+    if request.config.stash.get(_GATE, None) is None:
+        pytest.skip("the kv_* fixtures audit a model: run pytest --kvsafety")
+    raise pytest.UsageError(
+        "kv_* fixtures were not parametrized: pytest-kvsafety's collection hook did not run"
+    )
+
+
+@pytest.fixture
+def kv_model(_kv_combo: tuple[str, str]) -> str:
+    """The audited model's name, one per configured model."""
+    return _kv_combo[0]
+
+
+@pytest.fixture
+def kv_quantizer(_kv_combo: tuple[str, str]) -> str:
+    """The canonical QuantSpec string, one per configured quantizer."""
+    return _kv_combo[1]
+
+
+@pytest.fixture
+def kv_bits(_kv_combo: tuple[str, str]) -> float:
+    """Nominal bits per stored K/V element of ``kv_quantizer`` (16 for none, 8 for FP8)."""
+    from .spec import nominal_bits
+
+    return nominal_bits(parse_spec(_kv_combo[1]))
+
+
+@pytest.fixture
+def kv_audit(request: pytest.FixtureRequest, _kv_combo: tuple[str, str]) -> RunEntry:
+    """The audited run of (kv_model, kv_quantizer): a ``RunEntry`` with every REPORT.md field,
+    computed once per pytest run however many tests ask for it."""
+    gate = request.config.stash[_GATE]
+    return gate.run(*_kv_combo)
+
+
+# --- the end of the run -------------------------------------------------------------------------------
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    gate = config.stash.get(_GATE, None)
+    if gate is None or config.option.collectonly:
+        return
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller writes the report
+        workeroutput["kvsafety"] = gate.worker_output()
+        return
+    state = config.stash[_STATE]
+    if state.progress is not None:
+        state.progress.stop()
+    problems = list(state.problems)
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        problems.append("the run was interrupted")
+    report = gate.report(problems=problems)
+    state.report = report
+    from .report import write_report
+
+    path = write_report(gate.config.report, report)
+    _write_views(config, report, path.parent, state)
+    if config.getoption("kvsafety_compare"):
+        from .compare import compare_reports
+
+        result = compare_reports(
+            report, _load_baseline(config), config.getoption("kvsafety_compare_fail") or ()
+        )
+        state.compare_failures, state.compare_warnings = result.failures, result.warnings
+    if (not report.gate.passed or state.compare_failures) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _write_views(config: pytest.Config, report: Report, folder: Path, state: _State) -> None:
+    from .views import ViewError, append_step_summary, write_plots
+
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        append_step_summary(report, summary)
+    try:
+        state.plots = write_plots(report, folder)
+    except ViewError as e:
+        config.issue_config_time_warning(pytest.PytestWarning(f"kvsafety: no plots: {e}"), stacklevel=2)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is None or state.report is None:
+        return
+    tr = terminalreporter
+    tr.section("kvsafety")
+    from .views import terminal_table
+
+    for line in terminal_table(state.report):
+        tr.write_line(line)
+    for line in state.compare_warnings:
+        tr.write_line(f"compare warning: {line}", yellow=True)
+    for line in state.compare_failures:
+        tr.write_line(f"compare FAILED: {line}", red=True, bold=True)
+    if config.getoption("kvsafety_compare"):
+        verdict = "FAILED" if state.compare_failures else "passed"
+        tr.write_line(f"kvsafety compare against {config.getoption('kvsafety_compare')}: {verdict}")
+    gate = config.stash[_GATE]
+    tr.write_line(f"kvsafety report: {gate.config.report}")
+    for plot in state.plots:
+        tr.write_line(f"kvsafety plot: {plot}")

@@ -72,7 +72,9 @@ __all__ = [
     "prompt_record",
     "report_from_dict",
     "report_to_dict",
+    "run_from_dict",
     "run_from_metrics",
+    "run_to_dict",
     "to_markdown",
     "utc_now",
     "write_report",
@@ -974,6 +976,21 @@ def report_from_dict(data: Any, *, source: str = "report") -> Report:
             f"failed_runs={computed.failed_runs}, errors={computed.errors}"
         )
     return report
+
+
+def run_to_dict(run: RunEntry) -> dict[str, Any]:
+    """One run as the JSON object it is inside a report's ``runs``."""
+    encoded: dict[str, Any] = _encode(run)
+    return encoded
+
+
+def run_from_dict(data: Any, *, source: str = "run") -> RunEntry:
+    """The RunEntry in a decoded JSON object; ReportError (one line, naming ``source``) if invalid."""
+    try:
+        run: RunEntry = _decode_run(data, "run")
+    except ReportError as e:
+        raise ReportError(f"{source}: {e}") from None
+    return run
 
 
 # --- files ------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ __all__ = [
     "QuantSpec",
     "SpecError",
     "TensorScheme",
+    "nominal_bits",
     "parse_spec",
 ]
 
@@ -505,3 +506,24 @@ def _parse_tensor(text: str) -> TensorScheme:
     if granularity is Granularity.CHANNEL:
         group = token_group or DEFAULT_CHANNEL_TOKEN_GROUP
     return IntScheme(bits, bool(symmetric), granularity, group, outliers)
+
+
+# -- plotting axis -------------------------------------------------------------------------
+def _tensor_bits(s: TensorScheme) -> int:
+    if isinstance(s, IntScheme):
+        return s.bits
+    if isinstance(s, Fp8Scheme):
+        return 8
+    return 16  # NoQuant: the model's own fp16 / bf16 K/V
+
+
+def nominal_bits(spec: QuantSpec) -> float:
+    """Bits per stored K/V element, as a plot's x axis shows them: none 16, int<b> / kivi<b> b, fp8 8.
+
+    Nominal only: scale and zero-point overhead, 16-bit outlier channels and the full-precision
+    residual window are ignored. Keys and values with different schemes give their mean
+    (``k=int4-channel,v=int8`` -> 6.0). Per-layer overrides are ignored too: the mean over layers
+    needs the model's layer count, which a spec does not carry, so ``int4;L3=none`` -> 4.0, the
+    base scheme's bits.
+    """
+    return (_tensor_bits(spec.kv.key) + _tensor_bits(spec.kv.value)) / 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 # Imported at collection, before pytester snapshots sys.modules: a torch first imported inside a
@@ -76,11 +78,15 @@ def test_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
 
 
-def test_kvsafety_fails_closed_until_the_audit_exists(pytester: pytest.Pytester) -> None:
+def test_kvsafety_with_nothing_selected_fails_closed(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".toml", pyproject='[tool.kvsafety]\nmodels = ["smollm2-135m-instruct"]\nlimit = 2\n')
     pytester.makepyfile("def test_x():\n    pass\n")
-    result = pytester.runpytest_subprocess("--kvsafety", "-p", "no:cacheprovider")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--kvsafety: the audit engine is not available*the gate cannot pass*"])
+    result = pytester.runpytest_subprocess("--kvsafety", "-k", "no_such_test", "-p", "no:cacheprovider")
+    assert result.ret != pytest.ExitCode.OK
+    report = json.loads((pytester.path / ".kvsafety" / "report.json").read_text())
+    assert report["status"] == "incomplete" and report["gate"]["passed"] is False
+    assert "nothing was measured" in " ".join(report["notes"])
+    result.stdout.fnmatch_lines(["kvsafety gate: FAILED (report incomplete: *nothing was measured*"])
 
 
 def test_bad_quantizer_on_the_command_line_is_one_line_naming_the_choices(pytester: pytest.Pytester) -> None:

@@ -1,0 +1,128 @@
+"""The test items ``pytest --kvsafety`` collects: one per (model, quantizer, gated metric).
+
+Each item asks the session for its run (computed once, shared by every item of that run) and
+fails when the run's own verdict names its metric: the items and the report's verdicts cannot
+disagree. A run that errored fails every one of its items with the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .thresholds import METRIC_OF
+
+if TYPE_CHECKING:
+    from .report import RunEntry
+    from .session import GateSession
+
+__all__ = ["COVERAGE_METRIC", "GateFailure", "GateItem", "gate_items"]
+
+#: Every run also checks that the cache was quantized when the answer began (audit.MIN_QUANTIZED_FRACTION).
+COVERAGE_METRIC = "quantized_fraction"
+
+
+class GateFailure(AssertionError):
+    """A gated value crossed its threshold (or was not measured): shown without a traceback."""
+
+
+class GateItem(pytest.Item):
+    """``kvsafety[<model>-<quantizer>-<metric>]``: asserts one threshold of one audited run."""
+
+    def __init__(
+        self,
+        *,
+        gate: GateSession,
+        model: str,
+        quantizer: str,
+        metric: str,
+        threshold: str | None,
+        limit: float | None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.gate = gate
+        self.model = model
+        self.quantizer = quantizer
+        self.metric = metric
+        self.threshold = threshold
+        self.limit = limit
+        self.add_marker(pytest.mark.kvsafety)
+
+    @property
+    def combo(self) -> tuple[str, str]:
+        return (self.model, self.quantizer)
+
+    def runtest(self) -> None:
+        run = self.gate.run(self.model, self.quantizer)
+        value = getattr(run, self.metric, None)
+        for key, item in (
+            ("kvsafety_model", self.model),
+            ("kvsafety_quantizer", self.quantizer),
+            ("kvsafety_metric", self.metric),
+            ("kvsafety_value", value),
+            ("kvsafety_threshold", f"{self.threshold} {self.limit:g}" if self.threshold else None),
+            ("kvsafety_verdict", run.verdict),
+        ):
+            self.user_properties.append((key, item))
+        ci = run.intervals.get(self.metric) or (
+            run.conditional_flip_ci if self.metric == "conditional_flip_rate" else None
+        )
+        if ci is not None:
+            self.user_properties.append(("kvsafety_ci", f"[{ci[0]:.3f}, {ci[1]:.3f}]"))
+        if run.verdict == "error":
+            raise GateFailure(f"{self._where()}: the audit errored, nothing was measured: {run.error}")
+        crossed = [v for v in run.violations if v.split(" ", 1)[0] == self.metric]
+        if crossed:
+            raise GateFailure(
+                "\n".join(f"{self._where()}: {line}{self._detail(run, ci)}" for line in crossed)
+            )
+
+    def _where(self) -> str:
+        return f"{self.model} / {self.quantizer}"
+
+    def _detail(self, run: RunEntry, ci: tuple[float, float] | None) -> str:
+        parts = []
+        if ci is not None:
+            parts.append(f"95% CI [{ci[0]:.3f}, {ci[1]:.3f}]")
+        counts = run.counts.get(self.metric)
+        if counts is not None:
+            parts.append(f"{counts[0]}/{counts[1]} prompts")
+        if run.refusal_rate_baseline is not None and run.refusal_rate_quantized is not None:
+            parts.append(
+                f"refusal rate {run.refusal_rate_baseline:.1%} fp -> {run.refusal_rate_quantized:.1%}"
+            )
+        return f" ({'; '.join(parts)})" if parts else ""
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, GateFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"kvsafety: {self.model} / {self.quantizer} / {self.metric}"
+
+
+def gate_items(session: pytest.Session, gate: GateSession) -> Iterator[GateItem]:
+    """The items for every (model, quantizer) and each threshold that model gates on."""
+    for model, quantizer in gate.config.combos():
+        thresholds = gate.config.thresholds_for(model).as_dict()
+        checks: list[tuple[str, str | None, float | None]] = [
+            (METRIC_OF[name][0], name, limit) for name, limit in thresholds.items()
+        ]
+        checks.append((COVERAGE_METRIC, None, None))
+        for metric, threshold, limit in checks:
+            name = f"kvsafety[{model}-{quantizer}-{metric}]"
+            yield GateItem.from_parent(
+                session,
+                name=name,
+                nodeid=name,  # not "::kvsafety[...]": the items hang off the session, not a file
+                gate=gate,
+                model=model,
+                quantizer=quantizer,
+                metric=metric,
+                threshold=threshold,
+                limit=limit,
+            )

@@ -1,0 +1,270 @@
+"""One ``pytest --kvsafety`` run: computes each (model, quantizer) once and assembles the report.
+
+Under pytest-xdist every worker holds a ``GateSession`` over the same ``SharedStore`` (a folder the
+controller creates): the first process to need a value (a model's fp arm, a quantizer's run)
+computes it under a file lock and the others read it, so each is computed once across workers and
+every process sees the same numbers. Workers send their runs to the controller through
+``workeroutput``; the controller writes the one report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .config import GateConfig
+from .models import log_progress
+from .report import (
+    AuditConfig,
+    Report,
+    RunEntry,
+    error_run,
+    finish_report,
+    new_report,
+    run_from_dict,
+    run_to_dict,
+    utc_now,
+)
+
+__all__ = ["Combo", "GateSession", "Log", "ProgressFile", "SharedStore", "pick_device"]
+
+Combo = tuple[str, str]  # (model, quantizer)
+Log = Callable[[str], None]
+
+
+class SharedStore:
+    """JSON values shared by the processes of one pytest run, each computed once under a lock."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+        return self.folder / f"{digest}.json"
+
+    @contextlib.contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
+        path = self._path(key)
+        if path.exists():
+            return json.loads(path.read_text(encoding="utf-8"))["value"]
+        with self._locked(path):
+            if path.exists():  # computed by another process while this one waited
+                return json.loads(path.read_text(encoding="utf-8"))["value"]
+            # encoded before any file exists; the computing process returns the decoded value too,
+            # so it sees what every other process reads (lists, not tuples; string keys)
+            text = json.dumps({"key": key, "value": compute()})
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+            return json.loads(text)["value"]
+
+
+class ProgressFile:
+    """Progress lines of xdist workers, whose stderr pytest-xdist does not show: each worker appends
+    to one file in the store, and the controller's ``tail`` thread prints new lines as they come."""
+
+    def __init__(self, store: SharedStore) -> None:
+        self.path = store.folder / "progress.log"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def writer(self, worker: str) -> Log:
+        def log(message: str) -> None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(f"[{worker}] {message}\n")
+
+        return log
+
+    def tail(self, log: Log, *, interval: float = 0.5) -> None:
+        def follow() -> None:
+            offset = 0
+            while True:
+                stopping = self._stop.wait(interval)
+                if self.path.exists():
+                    with open(self.path, encoding="utf-8") as f:
+                        f.seek(offset)
+                        chunk = f.read()
+                    complete = chunk[: chunk.rfind("\n") + 1]
+                    offset += len(complete.encode("utf-8"))
+                    for line in complete.splitlines():
+                        log(line)
+                if stopping:
+                    return
+
+        self._thread = threading.Thread(target=follow, name="kvsafety-progress", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def pick_device(device: str, *, worker_index: int | None, cuda_count: int) -> str:
+    """The device this process audits on: ``auto`` is cuda when there is one; under pytest-xdist with
+    several GPUs, worker N takes GPU N mod count (a plain ``cuda`` only; ``cuda:K`` is kept)."""
+    if device == "auto":
+        device = "cuda" if cuda_count else "cpu"
+    if device == "cuda" and worker_index is not None and cuda_count > 1:
+        return f"cuda:{worker_index % cuda_count}"
+    return device
+
+
+class GateSession:
+    """The plugin's state for one pytest process (controller, sole process, or xdist worker)."""
+
+    def __init__(
+        self,
+        config: GateConfig,
+        store: SharedStore,
+        *,
+        device: str,
+        log: Log = log_progress,
+    ) -> None:
+        from .judge import load_judge
+        from .prompts import load_prompts
+
+        self.config = config
+        self.store = store
+        self.device = device
+        self.log = log
+        self.prompt_set = load_prompts(config.prompts, limit=config.limit)
+        self.judge_name = load_judge(config.judge).name
+        self.started = utc_now()
+        self.runs: dict[Combo, RunEntry] = {}
+        self.expected: set[Combo] = set()
+        self._engines: dict[str, Any] = {}
+        self._engine_errors: dict[str, str] = {}
+
+    # -- computing ---------------------------------------------------------------------------------
+    def run(self, model: str, quantizer: str) -> RunEntry:
+        """The audited run of (model, quantizer): computed once across processes, then cached."""
+        combo = (model, quantizer)
+        if combo not in self.runs:
+            data = self.store.get_or_compute(
+                f"run\0{model}\0{quantizer}", lambda: run_to_dict(self._compute(model, quantizer))
+            )
+            self.runs[combo] = run_from_dict(data, source=f"{model} / {quantizer}")
+        return self.runs[combo]
+
+    def _compute(self, model: str, quantizer: str) -> RunEntry:
+        engine = self._engine(model)
+        if engine is None:
+            return error_run(
+                model=model,
+                quantizer=quantizer,
+                prompt_set=self.prompt_set.name,
+                error=self._engine_errors[model],
+                backend=self.config.backend,
+            )
+        run: RunEntry = engine.audit(quantizer)
+        return run
+
+    def _engine(self, model: str) -> Any:
+        if model in self._engines or model in self._engine_errors:
+            return self._engines.get(model)
+        from .audit import AuditSettings, ModelAudit
+
+        c = self.config
+        settings = AuditSettings(
+            model=model,
+            quantizers=c.quantizers,
+            prompts=c.prompts,
+            limit=c.limit,
+            judge=c.judge,
+            max_new_tokens=c.max_new_tokens,
+            batch_size=c.batch_size,
+            backend=c.backend,
+            device=self.device,
+            dtype=c.dtype,
+            system_prompt=c.system_prompt,
+            thresholds=c.thresholds_for(model),
+            noise_floor=c.noise_floor,
+            perplexity=c.perplexity,
+            store_completions=c.store_completions,
+            trust_remote_code=c.trust_remote_code,
+            allow_pickle=c.allow_pickle,
+        )
+
+        def memo(key: str, compute: Callable[[], Any]) -> Any:
+            return self.store.get_or_compute(f"fp\0{model}\0{key}", compute)
+
+        try:
+            settings.validate()
+            self._engines[model] = ModelAudit(settings, self.prompt_set, log=self.log, memo=memo)
+        except Exception as e:  # the model cannot be audited: every run of it is an error, never a pass
+            self._engine_errors[model] = f"{type(e).__name__}: {e}"
+            self.log(f"{model}: cannot audit: {type(e).__name__}: {e}")
+            return None
+        return self._engines[model]
+
+    # -- assembling --------------------------------------------------------------------------------
+    def merge(
+        self, runs: Iterable[Mapping[str, Any]], expected: Iterable[Iterable[str]], source: str
+    ) -> None:
+        """Add runs and expected combos sent by a worker (``workeroutput``)."""
+        for data in runs:
+            run = run_from_dict(data, source=source)
+            self.runs.setdefault((run.model, run.quantizer), run)
+        for combo in expected:
+            model, quantizer = combo
+            self.expected.add((model, quantizer))
+
+    def worker_output(self) -> dict[str, Any]:
+        return {
+            "runs": [run_to_dict(r) for r in self.runs.values()],
+            "expected": [list(c) for c in sorted(self.expected)],
+        }
+
+    def report(self, *, problems: Iterable[str] = ()) -> Report:
+        """The final report: complete only when every expected run is here and nothing went wrong."""
+        from .report import detect_environment
+
+        c = self.config
+        config = AuditConfig(
+            models=c.models,
+            quantizers=c.quantizers,
+            prompt_sets=(self.prompt_set.name,),
+            judge=self.judge_name,
+            max_new_tokens=c.max_new_tokens,
+            thresholds=c.thresholds.as_dict(),
+            extra={
+                "per_model_thresholds": {m: t.as_dict() for m, t in c.per_model.items()},
+                "limit": c.limit,
+                "backend": c.backend,
+                "config_source": c.source,
+            },
+        )
+        report = new_report(detect_environment(self.device), config, started=self.started)
+        order = {combo: i for i, combo in enumerate(c.combos())}
+        runs = sorted(self.runs.values(), key=lambda r: order.get((r.model, r.quantizer), len(order)))
+        report = dataclasses.replace(report, runs=tuple(runs))
+        reasons = list(problems)
+        missing = sorted(self.expected - set(self.runs))
+        if missing:
+            names = ", ".join(f"{m} / {q}" for m, q in missing)
+            reasons.append(f"{len(missing)} selected run(s) never finished: {names}")
+        if not self.expected and not self.runs:
+            reasons.append("no kvsafety test was selected: nothing was measured")
+        if reasons:
+            return finish_report(report, status="incomplete", reason="; ".join(reasons))
+        return finish_report(report)

@@ -1,0 +1,368 @@
+"""Human views of a Report: the end-of-run terminal table, the GitHub step summary, PNG plots.
+
+The JSON report is the source of truth (REPORT.md); these functions only read a ``Report``.
+Importing this module is cheap: matplotlib is imported inside ``write_plots``, when a plot is
+asked for. A value the report does not have prints as ``n/a`` and is left out of a plot, never
+shown as 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .report import Report, RunEntry, to_markdown
+from .spec import Fp8Scheme, NoQuant, SpecError, nominal_bits, parse_spec
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+__all__ = [
+    "PlotPoint",
+    "ViewError",
+    "append_step_summary",
+    "gate_line",
+    "plot_points",
+    "terminal_table",
+    "write_plots",
+]
+
+
+class ViewError(RuntimeError):
+    """A view cannot be produced (e.g. matplotlib is missing). One line saying how to fix it."""
+
+
+# --- terminal table ------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _drop(value: float | None) -> str:
+    # a difference of two percentages: percentage points
+    return "n/a" if value is None else f"{100 * value:+.1f} pp"
+
+
+def _flip(run: RunEntry) -> str:
+    if run.conditional_flip_rate is None:
+        return "n/a"
+    ci = run.conditional_flip_ci
+    ci_text = "n/a" if ci is None else f"{_pct(ci[0])}, {_pct(ci[1])}"
+    return f"{_pct(run.conditional_flip_rate)} [{ci_text}]"
+
+
+def _refusal(run: RunEntry) -> str:
+    fp, q = run.refusal_rate_baseline, run.refusal_rate_quantized
+    return "n/a" if fp is None and q is None else f"{_pct(fp)} -> {_pct(q)}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def gate_line(report: Report) -> str:
+    """The last line of the terminal view: ``kvsafety gate: PASSED`` or why it FAILED.
+
+    An incomplete report names the reason recorded last in ``report.notes`` (where
+    ``finish_report`` puts it). Follows ``report.gate``: never PASSED where the gate fails.
+    """
+    gate = report.gate
+    if gate.passed:
+        return "kvsafety gate: PASSED"
+    if report.status != "complete":
+        reason = _one_line(report.notes[-1]) if report.notes else "no reason recorded"
+        return f"kvsafety gate: FAILED (report incomplete: {reason})"
+    if not report.runs:
+        return "kvsafety gate: FAILED (no runs: nothing was measured)"
+    return (
+        f"kvsafety gate: FAILED ({_plural(gate.failed_runs, 'failed run')}, {_plural(gate.errors, 'error')})"
+    )
+
+
+def terminal_table(report: Report) -> list[str]:
+    """Lines for the end of a pytest run: one table row per run, the violations, the gate line.
+
+    Columns: model, quantizer (and prompt set when the report has several), refusal rate
+    fp -> quantized, refusal drop in percentage points, conditional flip rate with its 95% CI,
+    perplexity ratio, KV bytes ratio, verdict. Under the table, one line per violation of a
+    failing run and one per error of an errored run; last, ``gate_line(report)``.
+    """
+    with_set = len({run.prompt_set for run in report.runs}) > 1
+    header = ["model", "quantizer"]
+    if with_set:
+        header.append("prompt set")
+    header += ["refusal fp -> q", "drop", "cond. flip [95% CI]", "ppl ratio", "kv bytes", "verdict"]
+    rows: list[list[str]] = []
+    for run in report.runs:
+        row = [_one_line(run.model), _one_line(run.quantizer)]
+        if with_set:
+            row.append(_one_line(run.prompt_set))
+        row += [
+            _refusal(run),
+            _drop(run.refusal_drop),
+            _flip(run),
+            _ratio(run.perplexity_ratio),
+            _ratio(run.kv_bytes_ratio),
+            run.verdict.upper(),
+        ]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    lines = [fmt(header), "  ".join("-" * w for w in widths)]
+    lines += [fmt(row) for row in rows]
+    if not rows:
+        lines.append("(no runs)")
+    problems: list[str] = []
+    for run in report.runs:
+        where = f"{_one_line(run.model)} / {_one_line(run.quantizer)} / {_one_line(run.prompt_set)}"
+        if run.verdict == "fail":
+            problems += [f"FAIL {where}: {_one_line(v)}" for v in run.violations]
+            if not run.violations:
+                problems.append(f"FAIL {where}: no violation recorded")
+        elif run.verdict == "error":
+            problems.append(f"ERROR {where}: {_one_line(run.error or 'no error message recorded')}")
+    if problems:
+        lines += ["", *problems]
+    lines += ["", gate_line(report)]
+    return lines
+
+
+# --- GitHub step summary -------------------------------------------------------------------------
+
+
+def append_step_summary(report: Report, path: str | os.PathLike[str]) -> None:
+    """Append ``to_markdown(report)`` to ``path`` (GitHub's ``$GITHUB_STEP_SUMMARY``).
+
+    The file is created if missing and never truncated: earlier steps' summaries stay above.
+    """
+    target = Path(path)
+    text = to_markdown(report)
+    if not text.endswith("\n"):
+        text += "\n"
+    with target.open("a+", encoding="utf-8") as f:
+        # a previous writer's last line without its newline would run into our heading
+        if f.tell() > 0:
+            f.seek(f.tell() - 1)
+            if f.read(1) != "\n":
+                text = "\n" + text
+        f.write(text)
+
+
+# --- plots -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlotPoint:
+    """One run as the phase-transition plot sees it."""
+
+    model: str
+    prompt_set: str
+    #: The canonical spec string.
+    quantizer: str
+    #: The spec with its bit counts removed (``int4-channel`` -> ``int-channel``, ``kivi2`` -> ``kivi``):
+    #: one line per family across bit widths.
+    family: str
+    #: ``nominal_bits`` of the spec: the x axis.
+    bits: float
+    refusal_rate_baseline: float | None
+    refusal_rate_quantized: float | None
+    perplexity_ratio: float | None
+    #: fp8 formats and ``none`` have one bit width each: drawn as points, not lines.
+    points_only: bool
+
+
+_BITS_RE = re.compile(r"(?<![A-Za-z0-9_])(int|kivi)\d+")
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def plot_points(report: Report) -> dict[str, tuple[PlotPoint, ...]]:
+    """The plottable runs by model, in the order the models first appear.
+
+    Skipped: runs with verdict ``error``, runs whose quantizer does not parse (no bit width), and
+    runs with neither a quantized refusal rate nor a perplexity ratio. A model left with no point
+    is absent. A point may still lack one of its two values: that panel leaves it out.
+    """
+    out: dict[str, list[PlotPoint]] = {}
+    for run in report.runs:
+        if run.verdict == "error":
+            continue
+        rr_q, ppl = _finite(run.refusal_rate_quantized), _finite(run.perplexity_ratio)
+        if rr_q is None and ppl is None:
+            continue
+        try:
+            spec = parse_spec(run.quantizer)
+        except SpecError:
+            continue
+        canonical = str(spec)
+        kinds = (spec.kv.key, spec.kv.value)
+        out.setdefault(run.model, []).append(
+            PlotPoint(
+                model=run.model,
+                prompt_set=run.prompt_set,
+                quantizer=canonical,
+                family=_BITS_RE.sub(r"\1", canonical),
+                bits=nominal_bits(spec),
+                refusal_rate_baseline=_finite(run.refusal_rate_baseline),
+                refusal_rate_quantized=rr_q,
+                perplexity_ratio=ppl,
+                points_only=all(isinstance(s, Fp8Scheme | NoQuant) for s in kinds),
+            )
+        )
+    return {model: tuple(points) for model, points in out.items()}
+
+
+def _slug(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "-", model)
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ViewError("kvsafety plots need matplotlib: pip install matplotlib") from None
+
+
+def _draw_panel(
+    ax: Axes,
+    points: Sequence[PlotPoint],
+    value: str,
+    series_key: dict[PlotPoint, str],
+    styles: dict[str, tuple[str, str, str]],
+) -> None:
+    series: dict[str, list[tuple[float, float]]] = {}
+    for p in points:
+        y = getattr(p, value)
+        if y is not None:
+            series.setdefault(series_key[p], []).append((p.bits, y))
+    for key, xy in series.items():
+        xy.sort()
+        color, marker, linestyle = styles[key]
+        ax.plot(
+            [x for x, _ in xy],
+            [y for _, y in xy],
+            color=color,
+            marker=marker,
+            linestyle=linestyle,
+            label=key,
+        )
+
+
+_POINT_MARKERS = ("D", "s", "^", "v", "P", "X")
+_BASELINE_DASHES = ("--", "-.", ":")
+
+
+def _render(model: str, points: Sequence[PlotPoint], target: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
+
+    prompt_sets = list(dict.fromkeys(p.prompt_set for p in points))
+    several = len(prompt_sets) > 1
+    series_key = {p: f"{p.family} ({p.prompt_set})" if several else p.family for p in points}
+    bits = sorted({p.bits for p in points}, reverse=True)
+    # one color (and marker) per series, the same in both panels
+    styles: dict[str, tuple[str, str, str]] = {}
+    for p in points:
+        key = series_key[p]
+        if key not in styles:
+            n = len(styles)
+            marker = _POINT_MARKERS[n % len(_POINT_MARKERS)] if p.points_only else "o"
+            styles[key] = (f"C{n % 10}", marker, "none" if p.points_only else "-")
+
+    # a Figure on its own Agg canvas: no pyplot, no global backend switch, nothing to close
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_rr, ax_ppl = fig.subplots(1, 2)
+    for i, prompt_set in enumerate(prompt_sets):
+        baselines = [
+            p.refusal_rate_baseline
+            for p in points
+            if p.prompt_set == prompt_set and p.refusal_rate_baseline is not None
+        ]
+        if baselines:
+            label = f"fp baseline ({prompt_set})" if several else "fp baseline"
+            dash = _BASELINE_DASHES[i % len(_BASELINE_DASHES)]
+            ax_rr.axhline(sum(baselines) / len(baselines), linestyle=dash, color="0.4", label=label)
+    _draw_panel(ax_rr, points, "refusal_rate_quantized", series_key, styles)
+    ax_ppl.axhline(1.0, linestyle="--", color="0.4", label="fp (ratio 1)")
+    _draw_panel(ax_ppl, points, "perplexity_ratio", series_key, styles)
+
+    ax_rr.set_ylim(-0.02, 1.02)
+    ax_rr.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax_rr.set_ylabel("refusal rate on harmful prompts (quantized)")
+    ax_ppl.set_ylabel("perplexity ratio (quantized / fp)")
+    pad = max(0.5, 0.04 * (bits[0] - bits[-1]))
+    for ax in (ax_rr, ax_ppl):
+        ax.set_xticks(bits, [f"{b:g}" for b in bits])
+        ax.set_xlim(bits[0] + pad, bits[-1] - pad)  # descending: compression grows to the right
+        ax.set_xlabel("nominal bits per K/V element (fewer to the right)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{model}: refusal and perplexity against KV-cache bits")
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_plots(report: Report, folder: str | os.PathLike[str]) -> list[Path]:
+    """Write one PNG per model, ``kvsafety-<model-slug>.png``, and return the paths written.
+
+    Each figure has two panels against ``nominal_bits`` (descending: 16 on the left): the
+    quantized refusal rate with the fp baseline dashed, and the perplexity ratio with 1.0 dashed;
+    one line per quantizer family (fp8 formats and ``none`` as points). What ``plot_points``
+    skips is not drawn; a model without a plottable run gets no file. The slug replaces every
+    character outside ``[A-Za-z0-9._-]`` by ``-`` (``-2``, ``-3``... where two models collide).
+    Each file is written to a temporary name and renamed, so a crash leaves no partial PNG.
+    Raises ViewError when matplotlib is not installed.
+    """
+    _require_matplotlib()
+    by_model = plot_points(report)
+    if not by_model:
+        return []
+    out_dir = Path(folder)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    used: set[str] = set()
+    for model, points in by_model.items():
+        slug = base = _slug(model)
+        n = 1
+        while slug in used:
+            n += 1
+            slug = f"{base}-{n}"
+        used.add(slug)
+        target = out_dir / f"kvsafety-{slug}.png"
+        _render(model, points, target)
+        written.append(target)
+    return written
