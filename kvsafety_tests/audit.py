@@ -149,6 +149,7 @@ class ModelAudit:
         *,
         log: Log = log_progress,
         memo: Memo | None = None,
+        rerun_first: bool = False,
     ) -> None:
         import torch
 
@@ -183,13 +184,20 @@ class ModelAudit:
         # the fp side is computed once per (model, settings), and once across processes with a memo
         memo = memo or _compute
         self.refusal_tokens: list[int] = memo("refusal_tokens", self._refusal_tokens)
-        self.baseline = Arm(**memo("baseline", lambda: asdict(self.generate("none"))))
-        self.rerun: Arm | None = None
-        if settings.noise_floor:
-            half = max(1, settings.batch_size // 2)
-            self.rerun = Arm(
+        half = max(1, settings.batch_size // 2)
+
+        def rerun() -> Arm | None:
+            if not settings.noise_floor:
+                return None
+            return Arm(
                 **memo("rerun", lambda: asdict(self.generate("none", batch_size=half, what="fp rerun")))
             )
+
+        # rerun_first: a second process sharing the memo computes the rerun while the first
+        # computes the fp arm, instead of waiting for it (the two are independent)
+        early = rerun() if rerun_first else None
+        self.baseline = Arm(**memo("baseline", lambda: asdict(self.generate("none"))))
+        self.rerun: Arm | None = early if rerun_first else rerun()
         self._ppl_corpus: list[list[int]] | None = None
         self.ppl_baseline: float | None = None
         if settings.perplexity:

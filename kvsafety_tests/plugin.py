@@ -47,6 +47,7 @@ class _State:
         self.compare_warnings: list[str] = []
         self.plots: list[Path] = []
         self.progress: ProgressFile | None = None
+        self.write_error: str | None = None
 
 
 # --- options ----------------------------------------------------------------------------------------
@@ -240,10 +241,27 @@ def pytest_configure(config: pytest.Config) -> None:
         state.progress = progress
         progress.tail(log_progress)
     try:
-        gate = GateSession(gate_config, store, device=device, log=log)
+        gate = GateSession(gate_config, store, device=device, log=log, worker_index=worker_index)
     except ValueError as e:  # prompt set or judge: one line, before any model loads
         raise pytest.UsageError(f"kvsafety: {e}") from None
     config.stash[_GATE] = gate
+    if workerinput is None:
+        _check_report_folder(gate_config.report)
+
+
+def _check_report_folder(report: Path) -> None:
+    """A report that cannot be written is a usage error now, not a lost result after the audit."""
+    folder = report.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if report.is_dir():
+        raise pytest.UsageError(
+            f"kvsafety: report path {report} is a folder; pass a file path (e.g. {report / 'report.json'})"
+        )
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise pytest.UsageError(
+            f"kvsafety: cannot write the report to {report}: {existing or folder} is not a writable folder; "
+            "pass --kvsafety-report=PATH somewhere writable"
+        )
 
 
 def _uncaptured(config: pytest.Config, log: Log) -> Log:
@@ -477,7 +495,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state.report = report
     from .report import write_report
 
-    path = write_report(gate.config.report, report)
+    try:
+        path = write_report(gate.config.report, report)
+    except OSError as e:  # fail closed, with the reason, not an internal error
+        state.write_error = f"kvsafety: cannot write the report to {gate.config.report}: {e}"
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
     _write_views(config, report, path.parent, state)
     if config.getoption("kvsafety_compare"):
         from .compare import compare_reports
@@ -507,6 +530,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if state is None or state.report is None:
         return
     tr = terminalreporter
+    if state.write_error is not None:
+        tr.section("kvsafety")
+        tr.write_line(state.write_error, red=True, bold=True)
+        tr.write_line("kvsafety gate: FAILED (no report was written)", red=True, bold=True)
+        return
     tr.section("kvsafety")
     from .views import terminal_table
 

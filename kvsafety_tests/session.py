@@ -139,6 +139,7 @@ class GateSession:
         *,
         device: str,
         log: Log = log_progress,
+        worker_index: int | None = None,
     ) -> None:
         from .judge import load_judge
         from .prompts import load_prompts
@@ -147,6 +148,7 @@ class GateSession:
         self.store = store
         self.device = device
         self.log = log
+        self.worker_index = worker_index
         self.prompt_set = load_prompts(config.prompts, limit=config.limit)
         self.judge_name = load_judge(config.judge).name
         self.started = utc_now()
@@ -210,7 +212,13 @@ class GateSession:
 
         try:
             settings.validate()
-            self._engines[model] = ModelAudit(settings, self.prompt_set, log=self.log, memo=memo)
+            self._engines[model] = ModelAudit(
+                settings,
+                self.prompt_set,
+                log=self.log,
+                memo=memo,
+                rerun_first=(self.worker_index or 0) % 2 == 1,
+            )
         except Exception as e:  # the model cannot be audited: every run of it is an error, never a pass
             self._engine_errors[model] = f"{type(e).__name__}: {e}"
             self.log(f"{model}: cannot audit: {type(e).__name__}: {e}")

@@ -134,6 +134,19 @@ def test_a_bad_option_is_a_usage_error_naming_it(
     result.stderr.fnmatch_lines([message])
 
 
+def test_a_report_path_that_cannot_be_written_is_refused_before_the_audit(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x():\n    pass\n")
+    (pytester.path / "afile").write_text("not a folder\n")
+    result = pytester.runpytest("--kvsafety", "--kvsafety-report=afile/report.json", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: kvsafety: cannot write the report to afile/report.json: *not a writable folder*"]
+    )
+    result = pytester.runpytest("--kvsafety", f"--kvsafety-report={pytester.path}", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: kvsafety: report path * is a folder; pass a file path*"])
+
+
 def test_compare_options_without_kvsafety_are_refused(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_x():\n    pass\n")
     result = pytester.runpytest("--kvsafety-compare", "r.json", "-p", "no:cacheprovider")
@@ -301,6 +314,7 @@ def test_compare_against_a_saved_report_fails_on_regressions_and_warns_on_anothe
         "--kvsafety-compare=base.json",
         "--kvsafety-compare-fail=perplexity_ratio:1%",
         "--kvsafety-compare-fail=refusal_drop:2pp",
+        "--kvsafety-store-completions",
         "-p",
         "no:cacheprovider",
         timeout=900,
@@ -315,6 +329,10 @@ def test_compare_against_a_saved_report_fails_on_regressions_and_warns_on_anothe
         ]
     )
     assert "refusal_drop" not in "\n".join(line for line in second.stdout.lines if "compare FAILED" in line)
+    # asked for, the completions are in this run's report (and were not in the first one)
+    stored = load_report(pytester.path / ".kvsafety" / "report.json").runs[0]
+    assert stored.completions_stored and all(p.completion_quantized is not None for p in stored.prompts)
+    assert not base.runs[0].completions_stored
 
 
 def test_the_example_model_repo_runs_its_gate_and_its_own_tests(pytester: pytest.Pytester) -> None:

@@ -82,7 +82,7 @@ def test_kvsafety_with_nothing_selected_fails_closed(pytester: pytest.Pytester) 
     pytester.makefile(".toml", pyproject='[tool.kvsafety]\nmodels = ["smollm2-135m-instruct"]\nlimit = 2\n')
     pytester.makepyfile("def test_x():\n    pass\n")
     result = pytester.runpytest_subprocess("--kvsafety", "-k", "no_such_test", "-p", "no:cacheprovider")
-    assert result.ret != pytest.ExitCode.OK
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     report = json.loads((pytester.path / ".kvsafety" / "report.json").read_text())
     assert report["status"] == "incomplete" and report["gate"]["passed"] is False
     assert "nothing was measured" in " ".join(report["notes"])
