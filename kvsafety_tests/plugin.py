@@ -222,6 +222,8 @@ def pytest_configure(config: pytest.Config) -> None:
         except ModelError as e:
             raise pytest.UsageError(f"kvsafety: models: {e}") from None
     workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        _check_report_folder(gate_config.report)
     if workerinput is not None and "kvsafety_store" in workerinput:
         store_dir = Path(workerinput["kvsafety_store"])
         worker_index: int | None = int(str(workerinput.get("workerid", "gw0")).removeprefix("gw"))
@@ -245,8 +247,6 @@ def pytest_configure(config: pytest.Config) -> None:
     except ValueError as e:  # prompt set or judge: one line, before any model loads
         raise pytest.UsageError(f"kvsafety: {e}") from None
     config.stash[_GATE] = gate
-    if workerinput is None:
-        _check_report_folder(gate_config.report)
 
 
 def _check_report_folder(report: Path) -> None:
@@ -329,8 +329,13 @@ def _cuda_count(device: str) -> int:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
-    if state is not None and state.owned_store is not None:
+    if state is None:
+        return
+    if state.progress is not None:
+        state.progress.stop()
+    if state.owned_store is not None:
         shutil.rmtree(state.owned_store, ignore_errors=True)
+        state.owned_store = None
 
 
 # --- pytest-xdist -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -100,14 +101,18 @@ BAD_TABLES = [
 
 @pytest.mark.parametrize(("line", "message"), BAD_TABLES, ids=[b[0].split(" ")[0] for b in BAD_TABLES])
 def test_a_bad_table_value_is_a_usage_error_naming_it(
-    pytester: pytest.Pytester, line: str, message: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, line: str, message: str
 ) -> None:
     pytester.makefile(".toml", pyproject=f"[tool.kvsafety]\n{line}\n")
     pytester.makepyfile("def test_x():\n    pass\n")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     result = pytester.runpytest("--kvsafety", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: kvsafety: {message}"])
     assert "resolving" not in result.stderr.str()  # no model was touched
+    assert list(scratch.iterdir()) == []  # and no store folder is left behind
 
 
 @pytest.mark.parametrize(
