@@ -1,7 +1,8 @@
 """``python -m kvsafety_tests``: run an audit outside pytest and write the JSON report.
 
-Exit codes: 0 gate passed, 1 gate failed on a threshold, 2 bad usage, 3 operational error
-(the audit could not finish: the report says incomplete), 4 nothing measured.
+Exit codes: 0 gate passed, 1 gate failed on a threshold, 2 bad usage (a report path that cannot
+be written included), 3 operational error (a run errored: its verdict is error; or the audit could
+not finish: the report says incomplete, or could not be written), 4 nothing measured.
 """
 
 from __future__ import annotations
@@ -126,6 +127,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"python -m kvsafety_tests: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    from .report import report_path_problem
+
+    problem = report_path_problem(args.report)
+    if problem is not None:
+        print(
+            f"python -m kvsafety_tests: error: {problem}; pass --report PATH somewhere writable",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:  # what can be checked without the model is usage, before any model loads
+        from .judge import load_judge
+        from .models import check_model
+        from .prompts import load_prompts
+
+        check_model(settings.model)
+        load_judge(settings.judge)
+        load_prompts(settings.prompts, limit=settings.limit)
+    except ValueError as e:
+        print(f"python -m kvsafety_tests: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     from .audit import run_audit
     from .report import to_markdown
 
@@ -136,6 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except ValueError as e:  # bad model, prompts or judge: one line, the report says incomplete
         print(f"python -m kvsafety_tests: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:  # the report could not be written mid-audit (disk full, folder gone)
+        print(f"python -m kvsafety_tests: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # e.g. out of memory in the fp arm: one line, never exit 1 ("failed")
+        print(
+            f"python -m kvsafety_tests: error: the audit stopped: {type(e).__name__}: {e}; "
+            f"the report at {args.report} says incomplete",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     print(to_markdown(report))
     gate = report.gate

@@ -63,6 +63,8 @@ class HFBackend:
         self.num_kv_heads = int(
             getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
         )
+        #: Positions the model was trained for (None when its config does not say).
+        self.max_positions: int | None = getattr(model.config, "max_position_embeddings", None)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self._cache_kw = cache_kwarg(model)

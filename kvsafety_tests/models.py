@@ -198,8 +198,8 @@ def _resolve_folder(
         if not allow_pickle:
             raise ModelError(
                 f"model folder {name!r} holds only pickled weights ({', '.join(pickles)}), which can run code "
-                "when loaded; convert them to safetensors, or pass allow_pickle (--kvsafety-allow-pickle) "
-                "if you trust the files"
+                "when loaded; convert them to safetensors, or pass allow_pickle (allow_pickle = true in "
+                "[tool.kvsafety], --allow-pickle on the command line) if you trust the files"
             )
         if "config.json" not in files:
             raise ModelError(f"model folder {name!r} has weights but no config.json")
@@ -380,8 +380,9 @@ def load_model(
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise ModelError(
-                f"model {resolved.name!r} needs its own code to load; pass trust_remote_code "
-                "(--kvsafety-trust-remote-code) only if you trust its repository"
+                f"model {resolved.name!r} needs its own code to load; pass trust_remote_code (trust_remote_code "
+                "= true in [tool.kvsafety], --trust-remote-code on the command line) only if you trust its "
+                "repository"
             ) from None
         raise
     except OSError as e:
@@ -391,7 +392,7 @@ def load_model(
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
             f"model {resolved.name!r} has no chat template in its tokenizer; use an instruction-tuned model "
-            "or pass a template (--kvsafety-chat-template=PATH)"
+            "or put its chat template in the model folder as chat_template.jinja"
         )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:

@@ -247,21 +247,37 @@ def pytest_configure(config: pytest.Config) -> None:
     except ValueError as e:  # prompt set or judge: one line, before any model loads
         raise pytest.UsageError(f"kvsafety: {e}") from None
     config.stash[_GATE] = gate
+    if workerinput is None:  # the sole process or the xdist controller keeps the file current
+        config.pluginmanager.register(_ReportWriter(gate), "kvsafety-report-writer")
+
+
+class _ReportWriter:
+    """Rewrites the report (status incomplete) whenever a run finishes, in any process: a run that
+    is killed outright (no sessionfinish) still leaves every finished run on disk."""
+
+    def __init__(self, gate: GateSession) -> None:
+        self.gate = gate
+        self.written = 0
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "teardown":
+            return
+        known = self.gate.collect_stored_runs()
+        if known > self.written:
+            from .report import write_report
+
+            write_report(self.gate.config.report, self.gate.report(in_progress=True))
+            self.written = known
 
 
 def _check_report_folder(report: Path) -> None:
     """A report that cannot be written is a usage error now, not a lost result after the audit."""
-    folder = report.parent
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if report.is_dir():
-        raise pytest.UsageError(
-            f"kvsafety: report path {report} is a folder; pass a file path (e.g. {report / 'report.json'})"
-        )
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise pytest.UsageError(
-            f"kvsafety: cannot write the report to {report}: {existing or folder} is not a writable folder; "
-            "pass --kvsafety-report=PATH somewhere writable"
-        )
+    from .report import report_path_problem
+
+    problem = report_path_problem(report)
+    if problem is not None:
+        raise pytest.UsageError(f"kvsafety: {problem}; pass --kvsafety-report=PATH somewhere writable")
 
 
 def _uncaptured(config: pytest.Config, log: Log) -> Log:

@@ -71,6 +71,7 @@ __all__ = [
     "new_report",
     "prompt_record",
     "report_from_dict",
+    "report_path_problem",
     "report_to_dict",
     "run_from_dict",
     "run_from_metrics",
@@ -994,6 +995,18 @@ def run_from_dict(data: Any, *, source: str = "run") -> RunEntry:
 
 
 # --- files ------------------------------------------------------------------------------------------
+
+
+def report_path_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a report cannot be written to ``path``, checked before an audit starts; None when it can."""
+    report = Path(path)
+    if report.is_dir():
+        return f"report path {report} is a folder; pass a file path (e.g. {report / 'report.json'})"
+    folder = report.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write the report to {report}: {existing or folder} is not a writable folder"
+    return None
 
 
 def write_report(path: str | os.PathLike[str], report: Report) -> Path:

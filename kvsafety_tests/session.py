@@ -38,6 +38,7 @@ from .report import (
 __all__ = ["Combo", "GateSession", "Log", "ProgressFile", "SharedStore", "pick_device"]
 
 Combo = tuple[str, str]  # (model, quantizer)
+_RUN_KEY = "run\0"
 Log = Callable[[str], None]
 
 
@@ -60,6 +61,15 @@ class SharedStore:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def values(self, prefix: str) -> list[Any]:
+        """Every stored value whose key starts with ``prefix`` (what any process computed so far)."""
+        out = []
+        for path in sorted(self.folder.glob("*.json")):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data["key"].startswith(prefix):
+                out.append(data["value"])
+        return out
 
     def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
         path = self._path(key)
@@ -163,7 +173,7 @@ class GateSession:
         combo = (model, quantizer)
         if combo not in self.runs:
             data = self.store.get_or_compute(
-                f"run\0{model}\0{quantizer}", lambda: run_to_dict(self._compute(model, quantizer))
+                f"{_RUN_KEY}{model}\0{quantizer}", lambda: run_to_dict(self._compute(model, quantizer))
             )
             self.runs[combo] = run_from_dict(data, source=f"{model} / {quantizer}")
         return self.runs[combo]
@@ -237,14 +247,22 @@ class GateSession:
             model, quantizer = combo
             self.expected.add((model, quantizer))
 
+    def collect_stored_runs(self) -> int:
+        """Add every run any process has finished (read from the store); returns how many are known."""
+        for data in self.store.values(_RUN_KEY):
+            run = run_from_dict(data, source="store")
+            self.runs.setdefault((run.model, run.quantizer), run)
+        return len(self.runs)
+
     def worker_output(self) -> dict[str, Any]:
         return {
             "runs": [run_to_dict(r) for r in self.runs.values()],
             "expected": [list(c) for c in sorted(self.expected)],
         }
 
-    def report(self, *, problems: Iterable[str] = ()) -> Report:
-        """The final report: complete only when every expected run is here and nothing went wrong."""
+    def report(self, *, problems: Iterable[str] = (), in_progress: bool = False) -> Report:
+        """The final report: complete only when every expected run is here and nothing went wrong.
+        ``in_progress``: the runs so far, status incomplete (what a killed run leaves on disk)."""
         from .report import detect_environment
 
         c = self.config
@@ -267,6 +285,10 @@ class GateSession:
         runs = sorted(self.runs.values(), key=lambda r: order.get((r.model, r.quantizer), len(order)))
         report = dataclasses.replace(report, runs=tuple(runs))
         reasons = list(problems)
+        if in_progress:
+            reasons.append(
+                f"in progress: {len(runs)} run(s) finished so far (a report left like this was killed)"
+            )
         missing = sorted(self.expected - set(self.runs))
         if missing:
             names = ", ".join(f"{m} / {q}" for m, q in missing)

@@ -385,7 +385,7 @@ def _parse(text: str) -> QuantSpec:
             first = int(m.group(1))
             last = int(m.group(2)) if m.group(2) is not None else first
             if last < first:
-                raise SpecError(f"layer range {key!r} runs backwards")
+                raise SpecError(f"layer range {key!r} runs backwards; write L{last}-{first}")
             layer_kv, _ = _parse_main(value)
             for layer in range(first, last + 1):
                 if layer in overrides:

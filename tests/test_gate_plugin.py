@@ -11,7 +11,11 @@ import dataclasses
 import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,12 @@ import pytest
 # imported before pytester snapshots sys.modules (torch's C extension cannot be re-imported)
 torch = pytest.importorskip("torch")
 
+from kvsafety_tests.models import cache_dir  # noqa: E402
 from kvsafety_tests.report import load_report, write_report  # noqa: E402
+
+#: Resolved now: pytester points HOME at its own folder, and the subprocesses would convert the
+#: packaged models again under it (20 s for SmolLM2, 90 s for Qwen, each time).
+MODEL_CACHE = str(cache_dir())
 
 EXAMPLE_REPO = Path(__file__).resolve().parents[1] / "examples" / "model-repo"
 SMALL = """
@@ -60,6 +69,7 @@ def test_bytes_follow_what_was_quantized(kv_audit, kv_bits):
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the subprocesses share 2 cores with xdist workers
+    monkeypatch.setenv("KVSAFETY_CACHE", MODEL_CACHE)
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
 
 
@@ -369,3 +379,31 @@ def test_the_example_model_repo_runs_its_gate_and_its_own_tests(pytester: pytest
     )
     # the user's own tests ran on the same audit (2 tests x 2 quantizers)
     assert sum(outcomes.get(k, 0) for k in ("passed", "failed", "xfailed")) == 2 * 5 + 4
+
+
+def test_a_killed_run_leaves_every_finished_run_on_disk(pytester: pytest.Pytester) -> None:
+    """kill -9: no sessionfinish runs, yet the report on disk holds the runs finished before it."""
+    _project(pytester, ["int8", "int2"], tests="def test_nothing():\n    pass\n")
+    report = pytester.path / ".kvsafety" / "report.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--kvsafety", "-p", "no:cacheprovider", "-p", "no:randomly"],
+        cwd=pytester.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            if report.exists() and json.loads(report.read_text())["runs"]:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = load_report(report)  # a whole, valid document
+    assert left.status == "incomplete" and left.gate.passed is False
+    assert [r.quantizer for r in left.runs][:1] == ["int8"]
+    assert any("in progress" in note for note in left.notes)
