@@ -512,6 +512,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     problems = list(state.problems)
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         problems.append("the run was interrupted")
+    gate.collect_stored_runs()  # runs a worker finished before it died are in the store, not its output
     report = gate.report(problems=problems)
     state.report = report
     from .report import write_report

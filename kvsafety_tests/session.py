@@ -38,7 +38,7 @@ from .report import (
 __all__ = ["Combo", "GateSession", "Log", "ProgressFile", "SharedStore", "pick_device"]
 
 Combo = tuple[str, str]  # (model, quantizer)
-_RUN_KEY = "run\0"
+_RUN_KIND = "run"
 Log = Callable[[str], None]
 
 
@@ -50,8 +50,10 @@ class SharedStore:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
+        """``<kind>-<digest>.json``, kind being the key up to its first NUL (``run``, ``fp``)."""
+        kind = key.split("\0", 1)[0]
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-        return self.folder / f"{digest}.json"
+        return self.folder / f"{kind}-{digest}.json"
 
     @contextlib.contextmanager
     def _locked(self, path: Path) -> Iterator[None]:
@@ -62,14 +64,14 @@ class SharedStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def values(self, prefix: str) -> list[Any]:
-        """Every stored value whose key starts with ``prefix`` (what any process computed so far)."""
-        out = []
-        for path in sorted(self.folder.glob("*.json")):
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data["key"].startswith(prefix):
-                out.append(data["value"])
-        return out
+    def count(self, kind: str) -> int:
+        """How many values of this kind any process has stored so far (no file is read)."""
+        return sum(1 for _ in self.folder.glob(f"{kind}-*.json"))
+
+    def values(self, kind: str) -> list[Any]:
+        """Every stored value of this kind (what any process computed so far)."""
+        paths = sorted(self.folder.glob(f"{kind}-*.json"))
+        return [json.loads(p.read_text(encoding="utf-8"))["value"] for p in paths]
 
     def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
         path = self._path(key)
@@ -166,6 +168,7 @@ class GateSession:
         self.expected: set[Combo] = set()
         self._engines: dict[str, Any] = {}
         self._engine_errors: dict[str, str] = {}
+        self._stored_seen = 0
 
     # -- computing ---------------------------------------------------------------------------------
     def run(self, model: str, quantizer: str) -> RunEntry:
@@ -173,7 +176,7 @@ class GateSession:
         combo = (model, quantizer)
         if combo not in self.runs:
             data = self.store.get_or_compute(
-                f"{_RUN_KEY}{model}\0{quantizer}", lambda: run_to_dict(self._compute(model, quantizer))
+                f"{_RUN_KIND}\0{model}\0{quantizer}", lambda: run_to_dict(self._compute(model, quantizer))
             )
             self.runs[combo] = run_from_dict(data, source=f"{model} / {quantizer}")
         return self.runs[combo]
@@ -248,10 +251,14 @@ class GateSession:
             self.expected.add((model, quantizer))
 
     def collect_stored_runs(self) -> int:
-        """Add every run any process has finished (read from the store); returns how many are known."""
-        for data in self.store.values(_RUN_KEY):
-            run = run_from_dict(data, source="store")
-            self.runs.setdefault((run.model, run.quantizer), run)
+        """Add every run any process has finished (read from the store, only when there are new
+        ones); returns how many runs are known."""
+        stored = self.store.count(_RUN_KIND)
+        if stored != self._stored_seen:
+            for data in self.store.values(_RUN_KIND):
+                run = run_from_dict(data, source="store")
+                self.runs.setdefault((run.model, run.quantizer), run)
+            self._stored_seen = stored
         return len(self.runs)
 
     def worker_output(self) -> dict[str, Any]:

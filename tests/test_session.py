@@ -271,3 +271,14 @@ def test_an_error_run_completes_the_report_but_fails_the_gate(session: GateSessi
     assert report.status == "complete"
     assert not report.gate.passed
     assert report.gate.errors == 1
+
+
+def test_values_and_count_see_only_their_kind(tmp_path: Path) -> None:
+    store = SharedStore(tmp_path)
+    store.get_or_compute("run\0m\0int8", lambda: {"q": "int8"})
+    store.get_or_compute("run\0m\0int4", lambda: {"q": "int4"})
+    store.get_or_compute("fp\0m\0baseline", lambda: {"big": list(range(5))})
+    assert store.count("run") == 2 and store.count("fp") == 1
+    assert sorted(v["q"] for v in store.values("run")) == ["int4", "int8"]
+    assert store.values("fp") == [{"big": [0, 1, 2, 3, 4]}]
+    assert store.values("nothing") == [] and store.count("nothing") == 0
