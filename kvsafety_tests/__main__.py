@@ -11,21 +11,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .argtypes import positive_int_arg, spec_arg
 from .audit import DEFAULT_QUANTIZERS, DEFAULT_THRESHOLDS, AuditSettings
 from .models import DEFAULT_MODEL
-from .spec import SpecError, parse_spec
 from .thresholds import Thresholds
 
 __all__ = ["EXIT_ERROR", "EXIT_FAILED", "EXIT_NOTHING", "EXIT_PASSED", "EXIT_USAGE", "main"]
 
 EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR, EXIT_NOTHING = 0, 1, 2, 3, 4
-
-
-def _spec(text: str) -> str:
-    try:
-        return str(parse_spec(text))
-    except SpecError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _threshold(text: str) -> tuple[str, float]:
@@ -43,16 +36,6 @@ def _threshold(text: str) -> tuple[str, float]:
     return name, number
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} must be >= 1")
-    return n
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m kvsafety_tests",
@@ -66,14 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quantizer",
         action="append",
-        type=_spec,
+        type=spec_arg,
         help=f"quantizer spec, repeatable (default: {' '.join(DEFAULT_QUANTIZERS)})",
     )
     p.add_argument("--prompts", default="builtin", help="prompt set name or file:PATH (default: builtin)")
-    p.add_argument("--limit", type=_positive, default=None, help="at most N harmful and N harmless prompts")
+    p.add_argument(
+        "--limit", type=positive_int_arg, default=None, help="at most N harmful and N harmless prompts"
+    )
     p.add_argument("--judge", default="rules", help="judge name or path to a classifier (default: rules)")
-    p.add_argument("--max-new-tokens", type=_positive, default=64)
-    p.add_argument("--batch-size", type=_positive, default=16)
+    p.add_argument("--max-new-tokens", type=positive_int_arg, default=64)
+    p.add_argument("--batch-size", type=positive_int_arg, default=16)
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     p.add_argument("--device", default="cpu")
     p.add_argument("--kernel-backend", choices=["torch", "triton"], default="torch")

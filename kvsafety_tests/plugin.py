@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .spec import SpecError, parse_spec
+from .argtypes import positive_int_arg, spec_arg
+from .spec import parse_spec
 
 if TYPE_CHECKING:
     from .report import Report, RunEntry
@@ -51,24 +52,6 @@ class _State:
 
 
 # --- options ----------------------------------------------------------------------------------------
-
-
-def _spec_arg(text: str) -> str:
-    """argparse type for quantizer specs: bad strings fail on the command line, before any model loads."""
-    try:
-        return str(parse_spec(text))
-    except SpecError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _positive_arg(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} must be >= 1")
-    return n
 
 
 def _threshold_arg(text: str) -> tuple[str, float | None]:
@@ -116,7 +99,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add(
         "--kvsafety-quantizer",
         action="append",
-        type=_spec_arg,
+        type=spec_arg,
         default=None,
         metavar="SPEC",
         help="quantizer spec to audit, repeatable (e.g. int4, kivi2, fp8_e5m2, int4-g64;L3=none); "
@@ -130,7 +113,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     add(
         "--kvsafety-limit",
-        type=_positive_arg,
+        type=positive_int_arg,
         default=None,
         metavar="N",
         help="at most N harmful and N harmless prompts (default: all)",
@@ -145,14 +128,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--kvsafety-device", default=None, metavar="DEV", help="cpu, cuda, cuda:N or auto (default: cpu)")
     add(
         "--kvsafety-max-new-tokens",
-        type=_positive_arg,
+        type=positive_int_arg,
         default=None,
         metavar="N",
         help="greedy tokens per prompt (default: 64)",
     )
     add(
         "--kvsafety-batch-size",
-        type=_positive_arg,
+        type=positive_int_arg,
         default=None,
         metavar="N",
         help="prompts per batch (default: 16)",

@@ -30,19 +30,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import IO, Any, TypeAlias
 
+from .atomic import write_atomically
 from .metrics import FLIP_RATES, RefusalMetrics
 
 __all__ = [
@@ -1010,44 +1011,19 @@ def report_path_problem(path: str | os.PathLike[str]) -> str | None:
 
 
 def write_report(path: str | os.PathLike[str], report: Report) -> Path:
-    """Write ``report`` as JSON to ``path`` atomically; returns the path.
-
-    The document goes to a temporary file in the same folder, is flushed and fsynced, then
-    renamed over ``path`` with ``os.replace``: a reader (or a crash at any point) sees either the
-    old file or the complete new one, never a partial write. NaN and infinities are refused
-    (they are not JSON). The temporary file is removed if anything fails.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``report`` as JSON to ``path`` atomically (``atomic.write_atomically``: a reader, or
+    a crash at any point, sees the old file or the complete new one); returns the path. NaN and
+    infinities are refused (they are not JSON); the old file stays."""
     document = report_to_dict(report)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            json.dump(document, tmp, indent=2, allow_nan=False)
-            tmp.write("\n")
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(target.parent)
-    return target
 
+    def dump(f: IO[bytes]) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8")
+        json.dump(document, text, indent=2, allow_nan=False)
+        text.write("\n")
+        text.flush()
+        text.detach()  # the binary file stays open for write_atomically's fsync
 
-def _fsync_dir(folder: Path) -> None:
-    """Persist the rename itself (POSIX); a no-op where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    return write_atomically(path, dump)
 
 
 def load_report(path: str | os.PathLike[str]) -> Report:

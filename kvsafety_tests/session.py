@@ -15,12 +15,12 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomically
 from .config import GateConfig
 from .models import log_progress
 from .report import (
@@ -83,10 +83,7 @@ class SharedStore:
             # encoded before any file exists; the computing process returns the decoded value too,
             # so it sees what every other process reads (lists, not tuples; string keys)
             text = json.dumps({"key": key, "value": compute()})
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            write_atomically(path, lambda f: f.write(text.encode("utf-8")))
             return json.loads(text)["value"]
 
 

@@ -8,16 +8,15 @@ shown as 0.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .atomic import write_atomically
 from .report import Report, RunEntry, to_markdown
 from .spec import Fp8Scheme, NoQuant, SpecError, nominal_bits, parse_spec
 
@@ -322,18 +321,7 @@ def _render(model: str, points: Sequence[PlotPoint], target: Path) -> None:
         ax.legend(fontsize="small")
     fig.suptitle(f"{model}: refusal and perplexity against KV-cache bits")
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+    write_atomically(target, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def write_plots(report: Report, folder: str | os.PathLike[str]) -> list[Path]:

@@ -33,9 +33,9 @@ torch = pytest.importorskip("torch")
 
 from kvsafety_tests import models  # noqa: E402
 from kvsafety_tests.__main__ import EXIT_ERROR, EXIT_PASSED, EXIT_USAGE, main  # noqa: E402
-from kvsafety_tests.models import registry, resolve_model  # noqa: E402
+from kvsafety_tests.models import registry  # noqa: E402
 
-from .models_fixture import SMOL  # noqa: E402
+from .models_fixture import MODEL_CACHE, SMOL, add_remote_code, smol_copy, smol_folder  # noqa: E402
 
 Report = Literal["none", "incomplete", "error"]  # what may lie on disk after the failure
 CLI_ERROR = "python -m kvsafety_tests: error: "
@@ -57,7 +57,6 @@ max_perplexity_ratio = "off"
 """
 SMOL_LAYERS = 30  # SmolLM2-135M: 30 layers, head_dim 64 (its config.json)
 #: taken before pytester points HOME at its tmp folder: every process reuses the converted models
-MODEL_CACHE = str(models.cache_dir())
 
 
 @pytest.fixture(autouse=True)
@@ -314,22 +313,6 @@ def test_cli_bad_flag(tmp_path: Path, args: list[str], message: str) -> None:
 # --- models ---------------------------------------------------------------------------------------------
 
 
-def smol_folder() -> Path:
-    """The converted SmolLM2 folder (converts once on first use)."""
-    return Path(resolve_model(SMOL).path)
-
-
-def smol_copy(dst: Path) -> Path:
-    """Config and tokenizer files copied, the weights linked: a folder to break one file of."""
-    dst.mkdir(parents=True)
-    for f in smol_folder().iterdir():
-        if f.suffix == ".safetensors":
-            (dst / f.name).symlink_to(f)
-        else:
-            shutil.copy(f, dst / f.name)
-    return dst
-
-
 def bad_model(kind: str, tmp_path: Path) -> Path:
     folder = tmp_path / f"model-{kind}"
     if kind == "missing":
@@ -343,14 +326,7 @@ def bad_model(kind: str, tmp_path: Path) -> Path:
         (folder / "pytorch_model.bin").write_bytes(b"not really a pickle")
     elif kind == "remote-code":
         smol_copy(folder)
-        cfg = json.loads((folder / "config.json").read_text())
-        cfg["model_type"] = "kvsafety-custom"
-        cfg["auto_map"] = {
-            "AutoConfig": "modeling_custom.CustomConfig",
-            "AutoModelForCausalLM": "modeling_custom.CustomLM",
-        }
-        (folder / "config.json").write_text(json.dumps(cfg))
-        (folder / "modeling_custom.py").write_text("raise RuntimeError('remote code ran')\n")
+        add_remote_code(folder)
     elif kind == "no-chat-template":
         smol_copy(folder)
         (folder / "chat_template.jinja").unlink(missing_ok=True)

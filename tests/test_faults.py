@@ -41,7 +41,6 @@ from kvsafety_tests.__main__ import (  # noqa: E402
 )
 from kvsafety_tests.audit import AuditSettings, run_audit  # noqa: E402
 from kvsafety_tests.hf_backend import HFBackend  # noqa: E402
-from kvsafety_tests.models import cache_dir  # noqa: E402
 from kvsafety_tests.prompts import load_prompts  # noqa: E402
 from kvsafety_tests.report import (  # noqa: E402
     AuditConfig,
@@ -53,12 +52,10 @@ from kvsafety_tests.report import (  # noqa: E402
     write_report,
 )
 
-from .models_fixture import QWEN, SMOL, load  # noqa: E402
+from .models_fixture import MODEL_CACHE, QWEN, SMOL, load  # noqa: E402
 
 #: what CUDA raises when the cache does not fit; CPU builds of torch >= 2.5 have the class too
 OOM: type[Exception] = getattr(torch, "OutOfMemoryError", MemoryError)
-#: taken before pytester points HOME at its tmp folder: subprocesses reuse the converted models
-MODEL_CACHE = str(cache_dir())
 TINY = ["--model", SMOL, "--limit", "2", "--max-new-tokens", "8"]
 #: enough runs after the first that a signal sent when the first is on disk lands mid-audit
 #: (each takes about 1.5 s here)

@@ -23,12 +23,9 @@ import pytest
 # imported before pytester snapshots sys.modules (torch's C extension cannot be re-imported)
 torch = pytest.importorskip("torch")
 
-from kvsafety_tests.models import cache_dir  # noqa: E402
 from kvsafety_tests.report import load_report, write_report  # noqa: E402
 
-#: Resolved now: pytester points HOME at its own folder, and the subprocesses would convert the
-#: packaged models again under it (20 s for SmolLM2, 90 s for Qwen, each time).
-MODEL_CACHE = str(cache_dir())
+from .models_fixture import MODEL_CACHE  # noqa: E402
 
 EXAMPLE_REPO = Path(__file__).resolve().parents[1] / "examples" / "model-repo"
 SMALL = """

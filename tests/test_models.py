@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from kvsafety_tests import models
 from kvsafety_tests.models import ModelError, load_model, registry, resolve_model
 
-from .models_fixture import QWEN, SMOL, load
+from .models_fixture import QWEN, SMOL, add_remote_code, load, smol_copy
 
 
 def test_registry_ships_both_models_with_licenses() -> None:
@@ -97,15 +96,8 @@ def test_pickled_checkpoints_need_the_opt_in(tmp_path: Path) -> None:
     assert resolve_model(str(tmp_path), allow_pickle=True).source == "folder"
 
 
-def _copy_smol(tmp_path: Path) -> Path:
-    src = Path(resolve_model(SMOL).path)
-    dst = tmp_path / "model"
-    shutil.copytree(src, dst)
-    return dst
-
-
 def test_a_tokenizer_without_chat_template_is_refused(tmp_path: Path) -> None:
-    folder = _copy_smol(tmp_path)
+    folder = smol_copy(tmp_path / "model")
     (folder / "chat_template.jinja").unlink(missing_ok=True)
     cfg = json.loads((folder / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
@@ -119,15 +111,8 @@ def test_a_tokenizer_without_chat_template_is_refused(tmp_path: Path) -> None:
 
 
 def test_remote_code_is_not_run_without_the_opt_in(tmp_path: Path) -> None:
-    folder = _copy_smol(tmp_path)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["model_type"] = "kvsafety-custom"
-    cfg["auto_map"] = {
-        "AutoConfig": "modeling_custom.CustomConfig",
-        "AutoModelForCausalLM": "modeling_custom.CustomLM",
-    }
-    (folder / "config.json").write_text(json.dumps(cfg))
-    (folder / "modeling_custom.py").write_text("raise RuntimeError('remote code ran')\n")
+    folder = smol_copy(tmp_path / "model")
+    add_remote_code(folder)
     with pytest.raises(ModelError, match="needs its own code to load; pass trust_remote_code"):
         load_model(resolve_model(str(folder)))
 
