@@ -9,7 +9,9 @@ from .compare import CompareCheck, compare_reports, parse_compare_check
 from .config import GateConfig, resolve_config
 from .judge import load_judge
 from .metrics import ArmLabels, RefusalMetrics, compute_refusal_metrics
+from .mitigation import Recovery, baseline_specs, measure_recovery
 from .models import DEFAULT_MODEL, ModelError, load_model, resolve_model
+from .pcr import Diagnosis, diagnose
 from .prompts import Prompt, PromptError, PromptSet, load_prompts
 from .report import Report, RunEntry, load_report, to_markdown, write_report
 from .spec import (
@@ -34,6 +36,7 @@ __all__ = [
     "ArmLabels",
     "AuditSettings",
     "CompareCheck",
+    "Diagnosis",
     "Fp8Scheme",
     "GateConfig",
     "Granularity",
@@ -45,18 +48,22 @@ __all__ = [
     "PromptError",
     "PromptSet",
     "QuantSpec",
+    "Recovery",
     "RefusalMetrics",
     "Report",
     "RunEntry",
     "SpecError",
     "Thresholds",
     "__version__",
+    "baseline_specs",
     "compare_reports",
     "compute_refusal_metrics",
+    "diagnose",
     "load_judge",
     "load_model",
     "load_prompts",
     "load_report",
+    "measure_recovery",
     "nominal_bits",
     "parse_compare_check",
     "parse_spec",

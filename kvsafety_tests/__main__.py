@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .argtypes import positive_int_arg, spec_arg
+from .argtypes import fraction_arg, positive_int_arg, spec_arg
 from .audit import DEFAULT_QUANTIZERS, DEFAULT_THRESHOLDS, AuditSettings
 from .models import DEFAULT_MODEL
 from .thresholds import Thresholds
@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int_arg, default=16)
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--backend",
+        choices=["hf", "vllm"],
+        default="hf",
+        help="hf: transformers + our quantized cache (default); vllm: the vLLM engine's own KV cache",
+    )
     p.add_argument("--kernel-backend", choices=["torch", "triton"], default="torch")
     defaults = ", ".join(f"{k}={v:g}" for k, v in DEFAULT_THRESHOLDS.items())
     p.add_argument(
@@ -80,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled (*.bin) checkpoints")
     p.add_argument(
+        "--pcr",
+        action="store_true",
+        help="PCR on each quantized run: mode, plan within the budget, predicted and measured recovery",
+    )
+    p.add_argument(
+        "--pcr-budget",
+        type=fraction_arg,
+        default=0.07,
+        metavar="FRACTION",
+        help="the plan's extra KV memory, a fraction of the quantized cache (default: 0.07)",
+    )
+    p.add_argument(
+        "--noise-ratio", action="store_true", help="the safety-subspace noise ratio (implied by --pcr)"
+    )
+    p.add_argument(
         "--report", default=".kvsafety/report.json", help="JSON report path (default: .kvsafety/report.json)"
     )
     return p
@@ -97,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
             device=args.device,
+            backend=args.backend,
             dtype=args.dtype,
             thresholds=Thresholds.from_mapping(
                 {**({} if args.no_default_thresholds else DEFAULT_THRESHOLDS), **dict(args.threshold)}
@@ -107,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             kernel_backend=args.kernel_backend,
             trust_remote_code=args.trust_remote_code,
             allow_pickle=args.allow_pickle,
+            pcr=args.pcr,
+            pcr_budget=args.pcr_budget,
+            noise_ratio=args.noise_ratio,
         )
         settings.validate()
     except ValueError as e:

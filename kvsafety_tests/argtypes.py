@@ -10,7 +10,7 @@ import argparse
 
 from .spec import SpecError, parse_spec
 
-__all__ = ["positive_int_arg", "spec_arg"]
+__all__ = ["fraction_arg", "positive_int_arg", "spec_arg"]
 
 
 def spec_arg(text: str) -> str:
@@ -29,3 +29,14 @@ def positive_int_arg(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"{n} must be >= 1")
     return n
+
+
+def fraction_arg(text: str) -> float:
+    """A number in [0, 1]."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"{x:g} must be a fraction in [0, 1] (0.07 = 7%)")
+    return x

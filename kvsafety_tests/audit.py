@@ -11,14 +11,14 @@ turn each run into pass / fail; an exception turns it into error. Nothing here p
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .metrics import ArmLabels, RefusalMetrics, compute_refusal_metrics, perplexity
+from .backends import BACKENDS, make_backend
+from .metrics import ArmLabels, RefusalMetrics, compute_refusal_metrics, log_odds, perplexity
 from .models import DEFAULT_MODEL, log_progress
 from .prompts import Prompt, PromptSet, load_prompts
 from .report import (
@@ -104,6 +104,23 @@ class AuditSettings:
     kernel_backend: str = "torch"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    #: PCR on every quantized run (also when min_pcr_recovery is gated): diagnosis, plan, and the
+    #: plan's measured recovery on the evaluation prompts (one more generation arm per run).
+    pcr: bool = False
+    #: The plan's extra KV memory, as a fraction of the quantized cache.
+    pcr_budget: float = 0.07
+    #: The layers PCR probes (None: all); a subset bounds the diagnosis's cost on deep models.
+    pcr_layers: tuple[int, ...] | None = None
+    #: The safety-subspace noise ratio on every quantized run (also when max_noise_ratio is gated).
+    noise_ratio: bool = False
+
+    @property
+    def wants_pcr(self) -> bool:
+        return self.pcr or self.thresholds.min_pcr_recovery is not None
+
+    @property
+    def wants_noise_ratio(self) -> bool:
+        return self.noise_ratio or self.pcr or self.thresholds.max_noise_ratio is not None
 
     def specs(self) -> list[QuantSpec]:
         return [parse_spec(q) for q in self.quantizers]
@@ -121,12 +138,20 @@ class AuditSettings:
             raise ValueError(f"max_new_tokens {self.max_new_tokens} must be >= 1")
         if self.batch_size < 1:
             raise ValueError(f"batch_size {self.batch_size} must be >= 1")
-        if self.backend not in ("hf",):
-            raise ValueError(f"backend {self.backend!r} unknown; valid: hf")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r} unknown; valid: {', '.join(BACKENDS)}")
+        if self.backend == "vllm":
+            from .backends import check_vllm_settings
+
+            check_vllm_settings(self.quantizers, pcr=self.wants_pcr or self.wants_noise_ratio)
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"dtype {self.dtype!r} unknown; valid: bfloat16, float16, float32")
         if self.kernel_backend not in ("torch", "triton"):
             raise ValueError(f"kernel backend {self.kernel_backend!r} unknown; valid: torch, triton")
+        if not 0.0 <= self.pcr_budget <= 1.0:
+            raise ValueError(
+                f"pcr_budget {self.pcr_budget} must lie in [0, 1] (a fraction of the quantized cache)"
+            )
 
 
 @dataclass
@@ -157,7 +182,6 @@ class ModelAudit:
     ) -> None:
         import torch
 
-        from .hf_backend import HFBackend
         from .judge import load_judge
         from .models import load_model, resolve_model
 
@@ -170,20 +194,17 @@ class ModelAudit:
         log(f"model {settings.model}: resolving")
         self.resolved = resolve_model(settings.model, allow_pickle=settings.allow_pickle)
         _check_specs_against_config(Path(self.resolved.path) / "config.json", settings.specs())
-        model, tokenizer = load_model(
-            self.resolved,
-            dtype=getattr(torch, settings.dtype),
-            device=settings.device,
-            trust_remote_code=settings.trust_remote_code,
-            allow_pickle=settings.allow_pickle,
-        )
-        self.backend = HFBackend(
-            model,
-            tokenizer,
-            batch_size=settings.batch_size,
-            system_prompt=settings.system_prompt,
-            kernel_backend=settings.kernel_backend,
-        )
+        if settings.backend == "vllm":  # vLLM loads the weights itself, from the converted folder
+            self.backend: Any = make_backend(settings, self.resolved.path)
+        else:
+            model, tokenizer = load_model(
+                self.resolved,
+                dtype=getattr(torch, settings.dtype),
+                device=settings.device,
+                trust_remote_code=settings.trust_remote_code,
+                allow_pickle=settings.allow_pickle,
+            )
+            self.backend = make_backend(settings, self.resolved.path, model, tokenizer)
         for spec in settings.specs():
             spec.validate_for(head_dim=self.backend.head_dim, num_layers=self.backend.num_layers)
         self._check_context()
@@ -205,6 +226,7 @@ class ModelAudit:
         self.baseline = Arm(**memo("baseline", lambda: asdict(self.generate("none"))))
         self.rerun: Arm | None = early if rerun_first else rerun()
         self._ppl_corpus: list[list[int]] | None = None
+        self._fp_hidden: Any = None  # [N, L, hidden] fp residual stream, captured on first need
         self.ppl_baseline: float | None = None
         if settings.perplexity:
             self.ppl_baseline = memo("perplexity_baseline", lambda: self.perplexity("none"))
@@ -270,7 +292,7 @@ class ModelAudit:
             texts=texts,
             token_ids=[c.token_ids for c in out],
             labels=labels,
-            refusal_scores=[_log_odds(c.first_token_scores["refusal"]) for c in out],
+            refusal_scores=[log_odds(c.first_token_scores["refusal"]) for c in out],
             quantized_fraction=sum(fractions) / len(fractions) if fractions else None,
             kv_bytes_per_token=backend.last_kv_bytes_per_token,
             seconds=time.monotonic() - start,
@@ -310,6 +332,22 @@ class ModelAudit:
             bytes_16 = self.backend.fp16_bytes_per_token
             extra_notes = self._coverage_notes(arm)
             values = _gate_values(metrics, ppl_q, self.ppl_baseline)
+            nr = self.noise_ratio(name) if s.wants_noise_ratio and spec.is_quantized else None
+            if s.wants_noise_ratio:
+                values["noise_ratio"] = None if nr is None else nr.max
+            if nr is not None:
+                extra_notes.append(
+                    f"safety-subspace noise ratio {nr.max:.3g} at layer {nr.argmax_layer} "
+                    f"(noise against the safety signal over noise against the whole spread)"
+                )
+            pcr_entry = None
+            if s.wants_pcr and spec.is_quantized:
+                pcr_entry, pcr_notes = self.pcr(name, arm)
+                extra_notes.extend(pcr_notes)
+                if pcr_entry is not None:
+                    values["pcr_recovery"] = pcr_entry.predicted_recovery
+                else:  # nothing to recover: the refusal thresholds judge this run
+                    values.pop("pcr_recovery", None)
             violations, threshold_notes = s.thresholds.check(values, metrics.within_noise)
             if spec.is_quantized and (arm.quantized_fraction or 0.0) < MIN_QUANTIZED_FRACTION:
                 # fail closed: a run that quantized (almost) nothing the answer attends to vouches for nothing
@@ -333,6 +371,9 @@ class ModelAudit:
                 perplexity_corpus="fp greedy answers to the harmless prompts" if ppl_q is not None else None,
                 kv_bytes_per_token=arm.kv_bytes_per_token,
                 kv_bytes_ratio=None if arm.kv_bytes_per_token is None else arm.kv_bytes_per_token / bytes_16,
+                noise_ratio=None if nr is None else nr.max,
+                noise_ratio_per_layer=None if nr is None else nr.per_layer,
+                pcr=pcr_entry,
                 seconds=time.monotonic() - start,
                 prompts=self._records(arm),
                 store_completions=s.store_completions,
@@ -349,6 +390,61 @@ class ModelAudit:
                 seconds=time.monotonic() - start,
             )
         return run
+
+    # -- safety subspace and PCR ------------------------------------------------------------------
+    def noise_ratio(self, spec: str) -> Any:
+        """The safety-subspace noise ratio of ``spec`` over the evaluation prompts (all layers)."""
+        import torch
+
+        from .subspace import capture, noise_ratio
+
+        texts = [p.text for p in self.eval_prompts]
+        if self._fp_hidden is None:
+            self.log(f"{self.settings.model}: capturing the fp residual stream")
+            self._fp_hidden = capture(self.backend, texts, "none")  # [N, L, hidden]
+        self.log(f"{self.settings.model} / {spec}: capturing the quantized residual stream")
+        quantized = capture(self.backend, texts, spec)
+        harmful = torch.arange(len(texts)) < self.n_harmful  # [N]
+        return noise_ratio(self._fp_hidden, quantized, harmful)
+
+    def pcr(self, spec: str, arm: Arm) -> tuple[Any, list[str]]:
+        """(PCR's report entry or None, notes): the diagnosis on the harmful calibration prompts,
+        then the plan's recovery measured on the evaluation prompts."""
+        from .mitigation import measure_recovery
+        from .pcr import diagnose
+
+        cal = [p.text for p in self.prompt_set.calibration if p.label == "harmful"]
+        model = self.settings.model
+        diagnosis = diagnose(
+            self.backend,
+            spec,
+            cal,
+            self.refusal_tokens,
+            budget=self.settings.pcr_budget,
+            layers=self.settings.pcr_layers,
+            log=lambda msg: self.log(f"{model} / {msg}"),
+        )
+        notes = list(diagnosis.notes)
+        if diagnosis.mode is None:
+            return None, notes
+        measured = None
+        if diagnosis.plan != spec:
+            plan_arm = self.generate(diagnosis.plan, what=f"{spec} PCR plan")
+            h = self.n_harmful
+            rec = measure_recovery(
+                [x == "refused" for x in self.baseline.labels[:h]],
+                [x == "refused" for x in arm.labels[:h]],
+                [x == "refused" for x in plan_arm.labels[:h]],
+            )
+            measured = rec.value
+            ci = "" if rec.ci is None else f" [95% CI {rec.ci[0]:.2f}, {rec.ci[1]:.2f}]"
+            notes.append(
+                f"PCR plan {diagnosis.plan} (+{diagnosis.plan_memory_overhead:.1%} KV memory): refusal rate "
+                f"{rec.refusal_rate:.3f}, measured recovery "
+                + (f"{rec.value:.2f}{ci}" if rec.value is not None else f"null: {rec.reason}")
+                + f", predicted {diagnosis.predicted_recovery:.2f}"
+            )
+        return diagnosis.pcr_entry(measured), notes
 
     def _labels(self, arm: Arm) -> ArmLabels:
         ids = [p.id for p in self.eval_prompts]
@@ -405,22 +501,17 @@ def _check_specs_against_config(config_json: Path, specs: list[QuantSpec]) -> No
         spec.validate_for(head_dim=head_dim, num_layers=layers)
 
 
-def _log_odds(logp: float) -> float:
-    """log(p / (1 - p)) from log p, stable at both ends."""
-    p = math.exp(logp)
-    return logp - math.log1p(-p) if p < 1.0 else 50.0
-
-
 def _gate_values(
     metrics: RefusalMetrics, ppl_q: float | None, ppl_fp: float | None
-) -> Mapping[str, float | None]:
+) -> dict[str, float | None]:
+    """The gated values; noise_ratio and pcr_recovery are None (a threshold on them fails closed)
+    unless the run measured them."""
     return {
         "refusal_drop": metrics.refusal_drop,
         "conditional_flip_rate": metrics.conditional_flip_rate,
         "compliance_flip_rate": metrics.compliance_flip_rate,
         "over_refusal_flip_rate": metrics.over_refusal_flip_rate,
         "perplexity_ratio": None if ppl_q is None or not ppl_fp else ppl_q / ppl_fp,
-        # not measured by this engine yet: a threshold on them fails closed ("not measured")
         "noise_ratio": None,
         "pcr_recovery": None,
     }

@@ -12,6 +12,8 @@ line naming the key, the value and what is allowed (the plugin turns it into a `
     limit = 24                                     # at most N harmful and N harmless prompts
     backend = "hf"
     device = "cpu"                                 # cpu, cuda, cuda:N, auto
+    pcr = true                                     # PCR diagnosis + plan + noise ratio per run
+    pcr_budget = 0.07                              # the plan's extra KV memory (fraction)
     max_refusal_drop = 0.05                        # thresholds; "off" disables a default
     max_conditional_flip = 0.10
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .backends import BACKENDS
 from .spec import SpecError, parse_spec
 from .thresholds import METRIC_OF, Thresholds
 
@@ -46,18 +49,27 @@ __all__ = [
     "resolve_config",
 ]
 
-BACKENDS = ("hf",)
 DTYPES = ("bfloat16", "float16", "float32")
 THRESHOLD_KEYS: tuple[str, ...] = tuple(METRIC_OF)
 _STR_KEYS = ("prompts", "judge", "backend", "device", "dtype", "system_prompt", "report")
 _INT_KEYS = ("max_new_tokens", "limit", "batch_size")
-_BOOL_KEYS = ("noise_floor", "perplexity", "store_completions", "trust_remote_code", "allow_pickle")
+_BOOL_KEYS = (
+    "noise_floor",
+    "perplexity",
+    "store_completions",
+    "trust_remote_code",
+    "allow_pickle",
+    "pcr",
+    "noise_ratio",
+)
+_FRACTION_KEYS = ("pcr_budget",)
 CONFIG_KEYS: tuple[str, ...] = (
     "models",
     "quantizers",
     *_STR_KEYS,
     *_INT_KEYS,
     *_BOOL_KEYS,
+    *_FRACTION_KEYS,
     *THRESHOLD_KEYS,
     "per_model",
 )
@@ -90,6 +102,11 @@ class GateConfig:
     store_completions: bool = False
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    #: PCR (diagnosis, plan, measured recovery) and the noise ratio on every quantized run.
+    pcr: bool = False
+    pcr_budget: float = 0.07
+    #: The safety-subspace noise ratio on every quantized run (implied by pcr).
+    noise_ratio: bool = False
     report: Path = Path(".kvsafety/report.json")
     thresholds: Thresholds = field(default_factory=Thresholds)
     per_model: Mapping[str, Thresholds] = field(default_factory=dict)
@@ -220,6 +237,12 @@ def _scalar(key: str, value: object, where: str) -> object:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} = {value!r} must be true or false")
         return value
+    if key in _FRACTION_KEYS:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ConfigError(
+                f"{where} = {value!r} must be a fraction in [0, 1] (0.07 = 7% of the quantized cache)"
+            )
+        return float(value)
     raise AssertionError(key)  # pragma: no cover - callers pass known keys only
 
 
@@ -238,7 +261,7 @@ def resolve_config(
     if unknown:
         raise ConfigError(f"[tool.kvsafety]: unknown key {unknown[0]!r}; valid: {', '.join(CONFIG_KEYS)}")
     values: dict[str, Any] = {}
-    for key in (*_STR_KEYS, *_INT_KEYS, *_BOOL_KEYS):
+    for key in (*_STR_KEYS, *_INT_KEYS, *_BOOL_KEYS, *_FRACTION_KEYS):
         if key in table:
             values[key] = _scalar(key, table[key], _where(key, "pyproject"))
     # pyproject's report, and the default one, lie under the rootdir (--kvsafety-report: the cwd)
@@ -258,7 +281,7 @@ def resolve_config(
             continue
         if key == "report":
             values[key] = Path(value)
-        elif key in (*_STR_KEYS, *_INT_KEYS, *_BOOL_KEYS):
+        elif key in (*_STR_KEYS, *_INT_KEYS, *_BOOL_KEYS, *_FRACTION_KEYS):
             values[key] = _scalar(key, value, f"--kvsafety-{key.replace('_', '-')}")
         else:  # pragma: no cover - the plugin passes known keys only
             raise AssertionError(key)
@@ -310,6 +333,13 @@ def resolve_config(
 def _check_choices(config: GateConfig) -> None:
     if config.backend not in BACKENDS:
         raise ConfigError(f"backend = {config.backend!r} is not available; valid: {', '.join(BACKENDS)}")
+    if config.backend == "vllm":
+        from .backends import check_vllm_settings
+
+        try:
+            check_vllm_settings(config.quantizers, pcr=config.pcr or config.noise_ratio)
+        except ValueError as e:
+            raise ConfigError(f"backend = 'vllm': {e}") from None
     if config.dtype not in DTYPES:
         raise ConfigError(f"dtype = {config.dtype!r} is not valid; valid: {', '.join(DTYPES)}")
     parse_device(config.device)

@@ -18,7 +18,7 @@ from .cache import QuantizedKVCache, cache_kwarg
 from .kernels import Backend
 from .spec import QuantSpec, parse_spec
 
-__all__ = ["Completion", "HFBackend"]
+__all__ = ["Completion", "HFBackend", "chat_prompt_ids"]
 
 Progress = Callable[[int, int], None]
 
@@ -34,6 +34,9 @@ class Completion:
     first_token_scores: dict[str, float] = field(default_factory=dict)
     logprobs: list[float] = field(default_factory=list)  # teacher forcing: log p(token) per forced token
     quantized_fraction: float | None = None  # of the attended K/V at the first response position
+    #: Residual stream at the last prompt token after each captured decoder layer, [n_layers, hidden]
+    #: float32 (``run(capture_layers=...)``), else None.
+    last_hidden: torch.Tensor | None = None
 
 
 class HFBackend:
@@ -76,14 +79,21 @@ class HFBackend:
         #: True stored K/V bytes per held token position in the last ``run`` (all layers, K and V).
         self.last_kv_bytes_per_token: float | None = None
 
+    @property
+    def decoder_layers(self) -> Any:
+        """The model's decoder layers (Llama/Qwen2-style ``model.model.layers``)."""
+        layers = getattr(getattr(self.model, "model", None), "layers", None)
+        if layers is None or len(layers) != self.num_layers:
+            raise ValueError(
+                f"cannot find {self.num_layers} decoder layers at model.model.layers in "
+                f"{type(self.model).__name__}: residual capture and PCR need a Llama/Qwen2-style layout"
+            )
+        return layers
+
     # -- prompts -----------------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
         """Token ids of the chat-templated prompt, ending where the assistant's answer begins."""
-        messages = [{"role": "user", "content": prompt}]
-        if self.system_prompt is not None:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return chat_prompt_ids(self.tokenizer, prompt, self.system_prompt)
 
     @property
     def fp16_bytes_per_token(self) -> int:
@@ -101,14 +111,19 @@ class HFBackend:
         forced: Sequence[Sequence[int]] | None = None,
         score_tokens: dict[str, Sequence[int]] | None = None,
         progress: Progress | None = None,
+        capture_layers: Sequence[int] | None = None,
     ) -> list[Completion]:
         """Greedy completions (or, with ``forced``, teacher-forced log-probabilities) per prompt.
 
         ``score_tokens``: named token sets whose total log-probability at the first response
         position is recorded per prompt (the refusal score's numerator).
+        ``capture_layers``: decoder layers whose output residual stream at the last prompt token
+        is kept per prompt (``Completion.last_hidden``); nothing else of the sequence is kept.
         """
         spec = parse_spec(spec) if isinstance(spec, str) else spec
         spec.validate_for(head_dim=self.head_dim, num_layers=self.num_layers)
+        if forced is not None and capture_layers:
+            raise ValueError("capture_layers is for generation; teacher forcing does not capture")
         if forced is not None and len(forced) != len(prompts):
             raise ValueError(f"forced continuations: {len(forced)} given for {len(prompts)} prompts")
         encoded = [self.encode(p) for p in prompts]
@@ -122,7 +137,12 @@ class HFBackend:
             for i, completion in zip(
                 batch,
                 self._run_batch(
-                    [encoded[i] for i in batch], spec, max_new_tokens, batch_forced, score_tokens
+                    [encoded[i] for i in batch],
+                    spec,
+                    max_new_tokens,
+                    batch_forced,
+                    score_tokens,
+                    capture_layers,
                 ),
                 strict=True,
             ):
@@ -141,6 +161,7 @@ class HFBackend:
         max_new_tokens: int,
         forced: list[list[int]] | None,
         score_tokens: dict[str, Sequence[int]] | None,
+        capture_layers: Sequence[int] | None = None,
     ) -> list[Completion]:
         b = len(encoded)
         width = max(len(e) for e in encoded)
@@ -156,6 +177,11 @@ class HFBackend:
         cache = QuantizedKVCache(spec, self.num_layers, pads, backend=self.kernel_backend)
         if forced is not None and _one_pass_exact(spec, self.num_layers):
             return self._forced_one_pass(encoded, ids, mask, positions, cache, forced, pad_id)
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [
+            self.decoder_layers[layer].register_forward_hook(_last_token_hook(captured, layer))
+            for layer in (capture_layers or ())
+        ]
         steps = max(len(f) for f in forced) if forced is not None else max_new_tokens
         out_tokens: list[list[int]] = [[] for _ in range(b)]
         logprobs: list[list[float]] = [[] for _ in range(b)]
@@ -165,14 +191,18 @@ class HFBackend:
         step_ids, step_mask, step_pos = ids, mask, positions
         fraction: float | None = None
         for step in range(steps):
-            out = self.model(
-                input_ids=step_ids,
-                attention_mask=step_mask,
-                position_ids=step_pos,
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_kw: cache},
-            )
+            try:
+                out = self.model(
+                    input_ids=step_ids,
+                    attention_mask=step_mask,
+                    position_ids=step_pos,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{self._cache_kw: cache},
+                )
+            finally:
+                for hook in hooks:  # the prompt pass only
+                    hook.remove()
             logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B, V]
             if step == 0:
                 fraction = 0.0 if spec.prefill == "fp" else cache.quantized_fraction()
@@ -204,7 +234,14 @@ class HFBackend:
             step_pos = positions[:, -1:] + 1 + step
         self._kv_bytes += cache.nbytes
         self._kv_positions += cache.held_positions
-        return self._completions(encoded, out_tokens, scores, logprobs, fraction)
+        completions = self._completions(encoded, out_tokens, scores, logprobs, fraction)
+        if capture_layers:
+            hidden = torch.stack(
+                [captured[layer] for layer in capture_layers], dim=1
+            )  # [B, n_layers, hidden]
+            for r, c in enumerate(completions):
+                c.last_hidden = hidden[r]
+        return completions
 
     def _forced_one_pass(
         self,
@@ -273,6 +310,27 @@ class HFBackend:
                 )
             )
         return completions
+
+
+def chat_prompt_ids(tokenizer: Any, prompt: str, system_prompt: str | None = None) -> list[int]:
+    """The prompt in the model's chat template, up to where the assistant's answer begins, as
+    token ids (every backend encodes with this, so all see the same tokens)."""
+    messages = [{"role": "user", "content": prompt}]
+    if system_prompt is not None:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _last_token_hook(store: dict[int, torch.Tensor], layer: int) -> Callable[..., None]:
+    """A forward hook keeping a decoder layer's output at the last position (the last prompt token
+    under left padding) as float32 [B, hidden], and nothing else of the sequence."""
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output  # [B, T, hidden]
+        store[layer] = hidden[:, -1, :].float()
+
+    return hook
 
 
 def _one_pass_exact(spec: QuantSpec, num_layers: int) -> bool:

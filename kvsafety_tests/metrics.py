@@ -35,6 +35,7 @@ __all__ = [
     "compute_refusal_metrics",
     "kv_bytes_per_token_16bit",
     "kv_bytes_ratio",
+    "log_odds",
     "perplexity",
     "perplexity_ratio",
 ]
@@ -405,3 +406,9 @@ def kv_bytes_ratio(kv_bytes_per_token: float, kv_bytes_per_token_baseline: float
         if not (math.isfinite(value) and value > 0):
             raise MetricsError(f"{name} must be a positive finite byte count, got {value!r}")
     return kv_bytes_per_token / kv_bytes_per_token_baseline
+
+
+def log_odds(logp: float) -> float:
+    """log(p / (1 - p)) from log p, stable at both ends (the first-token refusal score)."""
+    p = math.exp(logp)
+    return logp - math.log1p(-p) if p < 1.0 else 50.0

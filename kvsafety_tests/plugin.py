@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .argtypes import positive_int_arg, spec_arg
+from .argtypes import fraction_arg, positive_int_arg, spec_arg
 from .spec import parse_spec
 
 if TYPE_CHECKING:
@@ -124,7 +124,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="NAME",
         help="refusal judge: rules, embedding, or a classifier folder (default: rules)",
     )
-    add("--kvsafety-backend", default=None, metavar="NAME", help="inference backend: hf (default: hf)")
+    add(
+        "--kvsafety-backend", default=None, metavar="NAME", help="inference backend: hf or vllm (default: hf)"
+    )
     add("--kvsafety-device", default=None, metavar="DEV", help="cpu, cuda, cuda:N or auto (default: cpu)")
     add(
         "--kvsafety-max-new-tokens",
@@ -159,6 +161,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=None,
         help="store the completions (harmful text) in the report (default: off)",
+    )
+    add(
+        "--kvsafety-pcr",
+        action="store_true",
+        default=None,
+        help="add PCR to each quantized run: failure mode, a mitigation plan within the memory budget, "
+        "its predicted and measured recovery, and the safety-subspace noise ratio (default: off)",
+    )
+    add(
+        "--kvsafety-pcr-budget",
+        type=fraction_arg,
+        default=None,
+        metavar="FRACTION",
+        help="the PCR plan's extra KV memory as a fraction of the quantized cache (default: 0.07)",
+    )
+    add(
+        "--kvsafety-noise-ratio",
+        action="store_true",
+        default=None,
+        help="measure the safety-subspace noise ratio on each quantized run (implied by --kvsafety-pcr)",
     )
     add(
         "--kvsafety-compare",
@@ -294,6 +316,9 @@ def _gate_config(config: pytest.Config) -> Any:
         "batch_size": get("kvsafety_batch_size"),
         "report": get("kvsafety_report"),
         "store_completions": get("kvsafety_store_completions"),
+        "pcr": get("kvsafety_pcr"),
+        "pcr_budget": get("kvsafety_pcr_budget"),
+        "noise_ratio": get("kvsafety_noise_ratio"),
         "thresholds": dict(get("kvsafety_threshold") or []),
     }
     try:

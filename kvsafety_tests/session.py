@@ -215,6 +215,9 @@ class GateSession:
             store_completions=c.store_completions,
             trust_remote_code=c.trust_remote_code,
             allow_pickle=c.allow_pickle,
+            pcr=c.pcr,
+            pcr_budget=c.pcr_budget,
+            noise_ratio=c.noise_ratio,
         )
 
         def memo(key: str, compute: Callable[[], Any]) -> Any:

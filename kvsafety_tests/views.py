@@ -8,6 +8,7 @@ shown as 0.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -24,10 +25,13 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = [
+    "PhaseTransition",
     "PlotPoint",
     "ViewError",
     "append_step_summary",
     "gate_line",
+    "phase_transition_lines",
+    "phase_transitions",
     "plot_points",
     "terminal_table",
     "write_plots",
@@ -130,6 +134,12 @@ def terminal_table(report: Report) -> list[str]:
     lines += [fmt(row) for row in rows]
     if not rows:
         lines.append("(no runs)")
+    diagnosis = [_pcr_line(run) for run in report.runs if run.pcr is not None or run.noise_ratio is not None]
+    if diagnosis:
+        lines += ["", *diagnosis]
+    transitions = phase_transition_lines(report)
+    if transitions:
+        lines += ["", "phase transitions (largest refusal drop between adjacent bit widths):", *transitions]
     problems: list[str] = []
     for run in report.runs:
         where = f"{_one_line(run.model)} / {_one_line(run.quantizer)} / {_one_line(run.prompt_set)}"
@@ -143,6 +153,23 @@ def terminal_table(report: Report) -> list[str]:
         lines += ["", *problems]
     lines += ["", gate_line(report)]
     return lines
+
+
+def _pcr_line(run: RunEntry) -> str:
+    parts = [f"{_one_line(run.model)} / {_one_line(run.quantizer)}:"]
+    if run.noise_ratio is not None:
+        parts.append(f"noise ratio {run.noise_ratio:.3g};")
+    pcr = run.pcr
+    if pcr is None:
+        parts.append("PCR: no damage to diagnose" if run.noise_ratio is not None else "")
+    else:
+        measured = "n/a" if pcr.measured_recovery is None else f"{pcr.measured_recovery:.2f}"
+        predicted = "n/a" if pcr.predicted_recovery is None else f"{pcr.predicted_recovery:.2f}"
+        parts.append(
+            f"PCR {pcr.mode}, plan {pcr.plan} (+{pcr.plan_memory_overhead:.1%} memory), "
+            f"recovery predicted {predicted}, measured {measured}"
+        )
+    return " ".join(p for p in parts if p)
 
 
 # --- GitHub step summary -------------------------------------------------------------------------
@@ -308,10 +335,15 @@ def _render(model: str, points: Sequence[PlotPoint], target: Path) -> None:
     ax_ppl.axhline(1.0, linestyle="--", color="0.4", label="fp (ratio 1)")
     _draw_panel(ax_ppl, points, "perplexity_ratio", series_key, styles)
 
+    ratios = [p.perplexity_ratio for p in points if p.perplexity_ratio is not None]
+    if ratios and max(ratios) > 5 * max(min(ratios), 1e-9):  # a broken scheme would flatten the rest
+        ax_ppl.set_yscale("log")
     ax_rr.set_ylim(-0.02, 1.02)
     ax_rr.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax_rr.set_ylabel("refusal rate on harmful prompts (quantized)")
-    ax_ppl.set_ylabel("perplexity ratio (quantized / fp)")
+    ax_ppl.set_ylabel(
+        "perplexity ratio (quantized / fp)" + (", log scale" if ax_ppl.get_yscale() == "log" else "")
+    )
     pad = max(0.5, 0.04 * (bits[0] - bits[-1]))
     for ax in (ax_rr, ax_ppl):
         ax.set_xticks(bits, [f"{b:g}" for b in bits])
@@ -321,6 +353,101 @@ def _render(model: str, points: Sequence[PlotPoint], target: Path) -> None:
         ax.legend(fontsize="small")
     fig.suptitle(f"{model}: refusal and perplexity against KV-cache bits")
 
+    write_atomically(target, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+@dataclass(frozen=True)
+class PhaseTransition:
+    """The largest refusal drop between adjacent bit widths of one quantizer family."""
+
+    model: str
+    prompt_set: str
+    family: str
+    #: (higher, lower) nominal bits, and the canonical specs there.
+    bits: tuple[float, float]
+    quantizers: tuple[str, str]
+    #: Quantized refusal rate at the higher width minus at the lower one.
+    drop: float
+    perplexity_ratios: tuple[float | None, float | None]
+
+
+def phase_transitions(report: Report) -> list[PhaseTransition]:
+    """Per (model, prompt set, family) with at least two bit widths: where refusals fall most
+    between adjacent widths, with the perplexity ratio on both sides (the study's picture: a
+    cliff in refusals where perplexity barely moves). Families in report order."""
+    groups: dict[tuple[str, str, str], list[PlotPoint]] = {}
+    for model, plotted in plot_points(report).items():
+        for p in plotted:
+            if not p.points_only and p.refusal_rate_quantized is not None:
+                groups.setdefault((model, p.prompt_set, p.family), []).append(p)
+    out = []
+    for (model, prompt_set, family), members in groups.items():
+        ladder = sorted(members, key=lambda p: -p.bits)
+        if len(ladder) < 2:
+            continue
+        hi, lo = max(
+            itertools.pairwise(ladder),
+            key=lambda pair: (
+                (pair[0].refusal_rate_quantized or 0.0) - (pair[1].refusal_rate_quantized or 0.0)
+            ),
+        )
+        out.append(
+            PhaseTransition(
+                model=model,
+                prompt_set=prompt_set,
+                family=family,
+                bits=(hi.bits, lo.bits),
+                quantizers=(hi.quantizer, lo.quantizer),
+                drop=(hi.refusal_rate_quantized or 0.0) - (lo.refusal_rate_quantized or 0.0),
+                perplexity_ratios=(hi.perplexity_ratio, lo.perplexity_ratio),
+            )
+        )
+    return out
+
+
+def phase_transition_lines(report: Report) -> list[str]:
+    """One Markdown line per family: where its refusal cliff is, and perplexity on both sides."""
+
+    def ppl(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    return [
+        f"- {t.model} `{t.family}`: {t.bits[0]:g} -> {t.bits[1]:g} bits (`{t.quantizers[0]}` -> "
+        f"`{t.quantizers[1]}`) refusals {-t.drop * 100:+.1f} pp; perplexity ratio "
+        f"{ppl(t.perplexity_ratios[0])} -> {ppl(t.perplexity_ratios[1])}"
+        for t in phase_transitions(report)
+    ]
+
+
+def _render_pcr(run: RunEntry, target: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    assert run.pcr is not None
+    curves = run.pcr.per_layer
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for name, values, marker in (
+        ("R_layer (layer unquantized)", curves.r_layer, "o"),
+        ("R_gran (finer granularity)", curves.r_gran, "s"),
+        ("R_out (outlier channels in 16-bit)", curves.r_out, "^"),
+    ):
+        ax.plot(curves.layer, values, marker=marker, label=name)
+    ax.axhline(0.0, color="0.5", linewidth=0.8)
+    ax.axhline(1.0, color="0.5", linestyle="--", linewidth=0.8, label="all calibration damage")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("fraction of the calibration damage removed")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    predicted = run.pcr.predicted_recovery
+    fig.suptitle(
+        f"{run.model} / {run.quantizer}: PCR {run.pcr.mode}; plan {run.pcr.plan} "
+        f"(+{run.pcr.plan_memory_overhead:.1%} memory, predicted recovery "
+        + ("n/a" if predicted is None else f"{predicted:.2f}")
+        + ")",
+        fontsize="small",
+    )
     write_atomically(target, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
@@ -353,4 +480,9 @@ def write_plots(report: Report, folder: str | os.PathLike[str]) -> list[Path]:
         target = out_dir / f"kvsafety-{slug}.png"
         _render(model, points, target)
         written.append(target)
+    for run in report.runs:  # PCR's evidence curves, one figure per diagnosed run
+        if run.pcr is not None and run.pcr.per_layer.layer:
+            target = out_dir / f"kvsafety-pcr-{_slug(run.model)}-{_slug(run.quantizer)}.png"
+            _render_pcr(run, target)
+            written.append(target)
     return written

@@ -290,6 +290,12 @@ def test_pytest_bad_config(pytester: pytest.Pytester, line: str, options: list[s
 
 BAD_FLAGS = [
     ("limit-not-a-number", ["--limit", "three"], "argument --limit: 'three' is not an integer"),
+    (
+        "pcr-budget-above-one",
+        ["--pcr-budget", "7"],
+        "argument --pcr-budget: 7 must be a fraction in [0, 1] (0.07 = 7%)",
+    ),
+    ("pcr-budget-not-a-number", ["--pcr-budget", "7%"], "argument --pcr-budget: '7%' is not a number"),
     ("max-new-tokens-zero", ["--max-new-tokens", "0"], "argument --max-new-tokens: 0 must be >= 1"),
     (
         "threshold-not-a-number",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,9 @@ def test_unknown_key_is_rejected_naming_the_valid_ones() -> None:
         ("limit", "3", "must be an integer >= 1"),
         ("max_new_tokens", True, "must be an integer >= 1"),
         ("noise_floor", "yes", "must be true or false"),
+        ("pcr", 1, "must be true or false"),
+        ("pcr_budget", 1.5, r"must be a fraction in \[0, 1\]"),
+        ("pcr_budget", "7%", r"must be a fraction in \[0, 1\]"),
         ("prompts", "", "must be a non-empty string"),
         ("models", [MODEL, 3], "must be a string or a list of strings"),
     ],
@@ -205,10 +209,37 @@ def test_wrong_types_are_rejected_naming_the_key(key: str, value: object, expect
     assert str(info.value).startswith(f"[tool.kvsafety] {key} = {value!r}")
 
 
-def test_backend_vllm_is_rejected_naming_the_valid_backends() -> None:
-    with pytest.raises(ConfigError, match="backend = 'vllm' is not available") as info:
-        resolve({"backend": "vllm"})
-    assert f"valid: {', '.join(BACKENDS)}" in str(info.value)
+def test_pcr_keys_reach_the_config_and_the_command_line_wins() -> None:
+    config = resolve({"pcr": True, "pcr_budget": 0.05, "noise_ratio": True})
+    assert (config.pcr, config.pcr_budget, config.noise_ratio) == (True, 0.05, True)
+    assert resolve({"pcr_budget": 0.05}, pcr_budget=0.1).pcr_budget == 0.1
+    assert resolve({}).pcr is False and resolve({}).pcr_budget == 0.07
+
+
+def test_an_unknown_backend_is_rejected_naming_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match="backend = 'tgi' is not available") as info:
+        resolve({"backend": "tgi"})
+    assert f"valid: {', '.join(BACKENDS)}" in str(info.value) and BACKENDS == ("hf", "vllm")
+
+
+def test_vllm_refuses_a_quantizer_it_cannot_express_before_anything_loads() -> None:
+    with pytest.raises(
+        ConfigError, match=r"backend = 'vllm': quantizer int4 cannot run on vllm .*vllm expresses"
+    ):
+        resolve({"backend": "vllm", "quantizers": ["fp8_e5m2", "int4"]})
+
+
+def test_vllm_refuses_pcr() -> None:
+    with pytest.raises(ConfigError, match="PCR and the noise ratio need the hf backend"):
+        resolve({"backend": "vllm", "quantizers": ["fp8_e5m2"], "pcr": True})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_missing_from_the_environment_says_how_to_install_it() -> None:
+    with pytest.raises(
+        ConfigError, match=r"vLLM is not installed in this environment: pip install -r requirements/vllm.txt"
+    ):
+        resolve({"backend": "vllm", "quantizers": ["fp8_e5m2", "fp8_e4m3;L0=none"]})
 
 
 def test_unknown_dtype_is_rejected() -> None:

