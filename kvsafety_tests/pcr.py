@@ -390,11 +390,19 @@ def diagnose(
             plan_layers[layer] = kind
             spent += cost
     notes: list[str] = []
+    predicted: float | None = 0.0
+    plan_spec = spec
     if plan_layers:
-        plan_spec = spec.with_overrides({layer: fixes[(layer, kind)] for layer, kind in plan_layers.items()})
-        predicted: float | None = removed(plan_spec)
+        candidate = spec.with_overrides({layer: fixes[(layer, kind)] for layer, kind in plan_layers.items()})
+        combined = removed(candidate)
+        if combined > 0:
+            plan_spec, predicted = candidate, combined
+        else:  # the fixes interact: together they do not help, so deploying them would not either
+            plan_layers = {}
+            notes.append(
+                f"PCR: the combined fixes {candidate} removed {combined:+.2f} of the calibration damage; no plan"
+            )
     else:
-        plan_spec, predicted = spec, 0.0
         notes.append(
             f"PCR: no {'/'.join(allowed)} fix with positive effect fits the {budget:.0%} memory budget"
         )

@@ -374,7 +374,8 @@ class PhaseTransition:
 def phase_transitions(report: Report) -> list[PhaseTransition]:
     """Per (model, prompt set, family) with at least two bit widths: where refusals fall most
     between adjacent widths, with the perplexity ratio on both sides (the study's picture: a
-    cliff in refusals where perplexity barely moves). Families in report order."""
+    cliff in refusals where perplexity barely moves). Families in report order; a family whose
+    refusal rate never falls between adjacent widths has no transition."""
     groups: dict[tuple[str, str, str], list[PlotPoint]] = {}
     for model, plotted in plot_points(report).items():
         for p in plotted:
@@ -391,6 +392,9 @@ def phase_transitions(report: Report) -> list[PhaseTransition]:
                 (pair[0].refusal_rate_quantized or 0.0) - (pair[1].refusal_rate_quantized or 0.0)
             ),
         )
+        drop = (hi.refusal_rate_quantized or 0.0) - (lo.refusal_rate_quantized or 0.0)
+        if drop <= 0:
+            continue
         out.append(
             PhaseTransition(
                 model=model,
@@ -398,7 +402,7 @@ def phase_transitions(report: Report) -> list[PhaseTransition]:
                 family=family,
                 bits=(hi.bits, lo.bits),
                 quantizers=(hi.quantizer, lo.quantizer),
-                drop=(hi.refusal_rate_quantized or 0.0) - (lo.refusal_rate_quantized or 0.0),
+                drop=drop,
                 perplexity_ratios=(hi.perplexity_ratio, lo.perplexity_ratio),
             )
         )

@@ -229,3 +229,29 @@ def test_the_audit_engine_runs_pcr_and_the_noise_ratio_and_gates_on_them() -> No
     assert any(v.startswith("noise_ratio ") and "> max_noise_ratio" in v for v in run.violations)
     assert any(n.startswith("PCR plan ") for n in run.notes) or run.pcr.plan == "int2"
     assert run_to_dict(run)["pcr"]["plan"] == run.pcr.plan
+
+
+class _InteractingBackend:
+    """A stand-in with a fault the real models only show at random: every single-layer fix helps,
+    any two together hurt. Scores are log-odds z: fp 2, quantized 0, one layer fixed 0.5, more -1."""
+
+    num_layers, head_dim, num_kv_heads = 6, 64, 2
+
+    def run(self, prompts, spec, *, max_new_tokens, score_tokens):
+        import math
+        from types import SimpleNamespace
+
+        spec = parse_spec(spec) if isinstance(spec, str) else spec
+        fixed = [layer for layer, kv in spec.overrides if kv != spec.kv]
+        z = 2.0 if not spec.is_quantized else 0.0 if not fixed else 0.5 if len(fixed) == 1 else -1.0
+        logp = -math.log1p(math.exp(-z))  # log sigmoid(z): log_odds(logp) == z
+        return [SimpleNamespace(first_token_scores={"refusal": logp}) for _ in prompts]
+
+
+def test_fixes_that_hurt_together_give_no_plan() -> None:
+    d = pcr.diagnose(_InteractingBackend(), "int4", ["a", "b"], [1], budget=0.2)  # room for 5 int5 layers
+    assert d.damage == pytest.approx(2.0)
+    assert d.r_layer == pytest.approx([0.25] * 6)  # each alone removes a quarter
+    assert d.r_top == pytest.approx(-0.5) and d.mode == "multi-layer-dilution"
+    assert d.plan == "int4" and d.plan_layers == {} and d.predicted_recovery == 0.0
+    assert d.plan_memory_overhead == 0.0 and "no plan" in d.notes[-1]

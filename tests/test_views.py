@@ -440,3 +440,10 @@ def test_pcr_curves_are_drawn_for_each_diagnosed_run(tmp_path: Path) -> None:
         "noise ratio 42;" in table
         and "PCR outlier-crushes-safety, plan int4;L0=int4-g8 (+3.0% memory)" in table
     )
+
+
+def test_no_phase_transition_where_refusals_never_fall() -> None:
+    from kvsafety_tests.views import phase_transitions
+
+    flat = _report(_run("int8", 0), _run("int4", 0), _run("int2", 0))
+    assert phase_transitions(flat) == []
