@@ -72,7 +72,7 @@ def measure_recovery(
     for _ in range(BOOTSTRAP_RESAMPLES):
         idx = [rng.randrange(n) for _ in range(n)]
         drop = sum(fp[i] for i in idx) - sum(quantized[i] for i in idx)
-        if drop > 0:
+        if drop > 0:  # a resample without a drop has no recovery to measure: it is left out
             draws.append((sum(mitigated[i] for i in idx) - sum(quantized[i] for i in idx)) / drop)
     draws.sort()
     ci = (
