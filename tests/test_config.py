@@ -229,9 +229,11 @@ def test_vllm_refuses_a_quantizer_it_cannot_express_before_anything_loads() -> N
         resolve({"backend": "vllm", "quantizers": ["fp8_e5m2", "int4"]})
 
 
-def test_vllm_refuses_pcr() -> None:
+@pytest.mark.parametrize("key", ["pcr", "noise_ratio", "max_noise_ratio", "min_pcr_recovery"])
+def test_vllm_refuses_pcr_and_what_implies_it(key: str) -> None:
+    value = True if key in ("pcr", "noise_ratio") else 0.5
     with pytest.raises(ConfigError, match="PCR and the noise ratio need the hf backend"):
-        resolve({"backend": "vllm", "quantizers": ["fp8_e5m2"], "pcr": True})
+        resolve({"backend": "vllm", "quantizers": ["fp8_e5m2"], key: value})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
