@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from kvsafety_tests.audit import CALIBRATION_NEW_TOKENS
+from kvsafety_tests.audit import calibration_refusal_tokens
 from kvsafety_tests.judge import load_judge
 from kvsafety_tests.models import DEFAULT_MODEL, load_model, resolve_model
 from kvsafety_tests.pcr import diagnose
@@ -58,12 +58,10 @@ def main() -> None:
     model, tok = load_model(resolve_model(args.model), dtype=torch.bfloat16)
     backend = HFBackend(model, tok, batch_size=16)
     cal = [q.text for q in load_prompts("builtin").calibration if q.label == "harmful"]
-    out = backend.run(cal, "none", max_new_tokens=CALIBRATION_NEW_TOKENS)
-    labels = load_judge("rules").label_many(cal, [c.text for c in out])
-    tokens = sorted({c.token_ids[0] for c, label in zip(out, labels, strict=True) if label == "refused"})
-    print(
-        f"refusal tokens {[tok.decode([t]) for t in tokens]} ({labels.count('refused')}/{len(cal)} refused)"
-    )
+    tokens = calibration_refusal_tokens(backend, load_judge("rules"), cal)
+    if not tokens:
+        p.error(f"{args.model} refused none of the harmful calibration prompts: PCR's score has no anchor")
+    print(f"refusal tokens {[tok.decode([t]) for t in tokens]}")
     print("| variant | quantized | planted (s) | damage D | R_layer peaks at | mode | top layers |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in args.variants or VARIANTS:

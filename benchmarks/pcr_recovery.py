@@ -18,7 +18,7 @@ import json
 import sys
 import time
 
-from kvsafety_tests.audit import CALIBRATION_NEW_TOKENS, FALLBACK_REFUSAL_OPENINGS
+from kvsafety_tests.audit import calibration_refusal_tokens, fallback_refusal_tokens
 from kvsafety_tests.judge import load_judge
 from kvsafety_tests.mitigation import attention_concentration, baseline_specs, measure_recovery
 from kvsafety_tests.models import DEFAULT_MODEL, load_model, resolve_model
@@ -63,11 +63,7 @@ def main() -> None:
         return [x == "refused" for x in labels]
 
     # the refusal tokens, as the audit finds them: first tokens of fp refusals on calibration
-    cal_out = backend.run(calibration, "none", max_new_tokens=CALIBRATION_NEW_TOKENS)
-    cal_labels = judge.label_many(calibration, [c.text for c in cal_out])
-    tokens = sorted({c.token_ids[0] for c, lab in zip(cal_out, cal_labels, strict=True) if lab == "refused"})
-    if not tokens:
-        tokens = sorted({tok(o, add_special_tokens=False)["input_ids"][0] for o in FALLBACK_REFUSAL_OPENINGS})
+    tokens = calibration_refusal_tokens(backend, judge, calibration) or fallback_refusal_tokens(tok)
     if args.diagnose_only:
         for q in args.quantizer or ["int4"]:
             d = diagnose(backend, q, calibration, tokens, budget=args.budget)

@@ -45,6 +45,8 @@ __all__ = [
     "AuditSettings",
     "Memo",
     "ModelAudit",
+    "calibration_refusal_tokens",
+    "fallback_refusal_tokens",
     "run_audit",
 ]
 
@@ -143,7 +145,9 @@ class AuditSettings:
         if self.backend == "vllm":
             from .backends import check_vllm_settings
 
-            check_vllm_settings(self.quantizers, pcr=self.wants_pcr or self.wants_noise_ratio)
+            check_vllm_settings(
+                self.quantizers, pcr=self.pcr, noise_ratio=self.noise_ratio, thresholds=[self.thresholds]
+            )
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"dtype {self.dtype!r} unknown; valid: bfloat16, float16, float32")
         if self.kernel_backend not in ("torch", "triton"):
@@ -248,33 +252,31 @@ class ModelAudit:
     # -- arms ----------------------------------------------------------------------------------
     def _refusal_tokens(self) -> list[int]:
         """First tokens of the model's own refusals on the harmful calibration prompts (fp)."""
-        harmful_cal = [p for p in self.prompt_set.calibration if p.label == "harmful"]
-        tokens: set[int] = set()
-        if harmful_cal:
-            out = self.backend.run(
-                [p.text for p in harmful_cal], "none", max_new_tokens=CALIBRATION_NEW_TOKENS
-            )
-            labels = self.judge.label_many([p.text for p in harmful_cal], [c.text for c in out])
-            tokens = {
-                c.token_ids[0]
-                for c, label in zip(out, labels, strict=True)
-                if label == "refused" and c.token_ids
-            }
+        harmful_cal = [p.text for p in self.prompt_set.calibration if p.label == "harmful"]
+        tokens = calibration_refusal_tokens(self.backend, self.judge, harmful_cal)
         if not tokens:
-            tok = self.backend.tokenizer
-            tokens = {tok(o, add_special_tokens=False)["input_ids"][0] for o in FALLBACK_REFUSAL_OPENINGS}
+            tokens = fallback_refusal_tokens(self.backend.tokenizer)
             self.log("no calibration refusals: the refusal score uses the fallback openings")
-        return sorted(tokens)
+        return tokens
 
-    def generate(self, spec: str, *, batch_size: int | None = None, what: str | None = None) -> Arm:
+    def generate(
+        self,
+        spec: str,
+        *,
+        batch_size: int | None = None,
+        what: str | None = None,
+        prompts: list[Prompt] | None = None,
+    ) -> Arm:
+        """One arm over ``prompts`` (default: the evaluation prompts, harmful then harmless)."""
         start = time.monotonic()
         label = what or spec
+        prompts = self.eval_prompts if prompts is None else prompts
         backend = self.backend
         saved = backend.batch_size
         backend.batch_size = batch_size or saved
         try:
             out = backend.run(
-                [p.text for p in self.eval_prompts],
+                [p.text for p in prompts],
                 spec,
                 max_new_tokens=self.settings.max_new_tokens,
                 score_tokens={"refusal": self.refusal_tokens},
@@ -285,7 +287,7 @@ class ModelAudit:
         finally:
             backend.batch_size = saved
         texts = [c.text for c in out]
-        labels = self.judge.label_many([p.text for p in self.eval_prompts], texts)
+        labels = self.judge.label_many([p.text for p in prompts], texts)
         fractions = [c.quantized_fraction for c in out if c.quantized_fraction is not None]
         return Arm(
             spec=spec,
@@ -429,12 +431,12 @@ class ModelAudit:
             return None, notes
         measured = None
         if diagnosis.plan != spec:
-            plan_arm = self.generate(diagnosis.plan, what=f"{spec} PCR plan")
-            h = self.n_harmful
+            h = self.n_harmful  # recovery is measured on the harmful prompts only
+            plan_arm = self.generate(diagnosis.plan, what=f"{spec} PCR plan", prompts=self.eval_prompts[:h])
             rec = measure_recovery(
                 [x == "refused" for x in self.baseline.labels[:h]],
                 [x == "refused" for x in arm.labels[:h]],
-                [x == "refused" for x in plan_arm.labels[:h]],
+                [x == "refused" for x in plan_arm.labels],
             )
             measured = rec.value
             ci = "" if rec.ci is None else f" [95% CI {rec.ci[0]:.2f}, {rec.ci[1]:.2f}]"
@@ -478,6 +480,23 @@ class ModelAudit:
             damage = sum(a - b for a, b in zip(scores_fp, scores_q, strict=True)) / len(scores_fp)
             notes.append(f"first-token refusal score damage (mean log-odds, harmful set): {damage:+.3f}")
         return notes
+
+
+def calibration_refusal_tokens(backend: Any, judge: Any, harmful_prompts: list[str]) -> list[int]:
+    """The first tokens of the model's own fp refusals of ``harmful_prompts`` (the harmful
+    calibration prompts): what the first-token refusal score counts. Empty when it refused none."""
+    if not harmful_prompts:
+        return []
+    out = backend.run(harmful_prompts, "none", max_new_tokens=CALIBRATION_NEW_TOKENS)
+    labels = judge.label_many(harmful_prompts, [c.text for c in out])
+    return sorted(
+        {c.token_ids[0] for c, label in zip(out, labels, strict=True) if label == "refused" and c.token_ids}
+    )
+
+
+def fallback_refusal_tokens(tokenizer: Any) -> list[int]:
+    """First tokens of FALLBACK_REFUSAL_OPENINGS: the score's anchor when the model refused none."""
+    return sorted({tokenizer(o, add_special_tokens=False)["input_ids"][0] for o in FALLBACK_REFUSAL_OPENINGS})
 
 
 def _check_specs_against_config(config_json: Path, specs: list[QuantSpec]) -> None:

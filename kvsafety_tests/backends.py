@@ -12,18 +12,28 @@ import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
+from .thresholds import Thresholds
+
 __all__ = ["BACKENDS", "check_vllm_settings", "make_backend"]
 
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
 
 
-def check_vllm_settings(quantizers: Sequence[str], *, pcr: bool = False) -> None:
-    """Raise ValueError (one line) when these settings cannot run on the vllm backend here."""
+def check_vllm_settings(
+    quantizers: Sequence[str],
+    *,
+    pcr: bool = False,
+    noise_ratio: bool = False,
+    thresholds: Sequence[Thresholds] = (),
+) -> None:
+    """Raise ValueError (one line) when these settings cannot run on the vllm backend here. PCR, the
+    noise ratio, or a threshold on either (``thresholds``: every set in force) needs the hf backend."""
     from .vllm_backend import vllm_cache_args
 
     for q in quantizers:
         vllm_cache_args(q)
-    if pcr:
+    gated = any(t.max_noise_ratio is not None or t.min_pcr_recovery is not None for t in thresholds)
+    if pcr or noise_ratio or gated:
         raise ValueError(
             "PCR and the noise ratio need the hf backend (per-layer cache overrides and the residual "
             "stream); run them with backend hf, and vllm for the serving path's verdicts"

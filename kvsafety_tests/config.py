@@ -337,13 +337,12 @@ def _check_choices(config: GateConfig) -> None:
         from .backends import check_vllm_settings
 
         try:
-            gated = [config.thresholds, *config.per_model.values()]
-            needs_hf = (
-                config.pcr
-                or config.noise_ratio
-                or any(t.max_noise_ratio is not None or t.min_pcr_recovery is not None for t in gated)
+            check_vllm_settings(
+                config.quantizers,
+                pcr=config.pcr,
+                noise_ratio=config.noise_ratio,
+                thresholds=[config.thresholds, *config.per_model.values()],
             )
-            check_vllm_settings(config.quantizers, pcr=needs_hf)
         except ValueError as e:
             raise ConfigError(f"backend = 'vllm': {e}") from None
     if config.dtype not in DTYPES:

@@ -135,37 +135,36 @@ def intervention(kind: Intervention, kv: KVScheme, head_dim: int) -> KVScheme | 
 
 # -- memory --------------------------------------------------------------------------------------
 @lru_cache(maxsize=512)
-def _scheme_bytes(scheme: str, window: int, head_dim: int, kv_heads: int) -> float:
+def _scheme_bytes(scheme: TensorScheme, window: int, head_dim: int, kv_heads: int) -> float:
     import torch
 
     from .kernels import QuantizedStream
-    from .spec import _parse_tensor
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, kv_heads, BYTES_PROBE_TOKENS, head_dim, generator=gen).to(torch.bfloat16)
-    stream = QuantizedStream(_parse_tensor(scheme), window)
+    stream = QuantizedStream(scheme, window)
     stream.append(x)
     return stream.nbytes / BYTES_PROBE_TOKENS
 
 
+def _layer_bytes(kv: KVScheme, window: int, head_dim: int, kv_heads: int) -> float:
+    return _scheme_bytes(kv.key, window, head_dim, kv_heads) + _scheme_bytes(
+        kv.value, window, head_dim, kv_heads
+    )
+
+
 def override_extra_bytes(spec: QuantSpec, layer: int, kv: KVScheme, head_dim: int, kv_heads: int) -> float:
     """Bytes per token that overriding ``layer`` of ``spec`` with ``kv`` adds (negative: saves)."""
-    old, new = spec.layer(layer), kv
-    old_window, new_window = spec.window(layer), spec.with_overrides({layer: kv}).window(layer)
-    return sum(_scheme_bytes(str(s), new_window, head_dim, kv_heads) for s in (new.key, new.value)) - sum(
-        _scheme_bytes(str(s), old_window, head_dim, kv_heads) for s in (old.key, old.value)
+    new_window = spec.with_overrides({layer: kv}).window(layer)
+    return _layer_bytes(kv, new_window, head_dim, kv_heads) - _layer_bytes(
+        spec.layer(layer), spec.window(layer), head_dim, kv_heads
     )
 
 
 def spec_bytes_per_token(spec: QuantSpec, num_layers: int, head_dim: int, kv_heads: int) -> float:
     """Bytes per token of the whole cache under ``spec`` (keys and values, all layers), counted from
     the stored tensors of a stream of BYTES_PROBE_TOKENS random tokens per layer scheme."""
-    total = 0.0
-    for layer in range(num_layers):
-        kv, window = spec.layer(layer), spec.window(layer)
-        total += _scheme_bytes(str(kv.key), window, head_dim, kv_heads)
-        total += _scheme_bytes(str(kv.value), window, head_dim, kv_heads)
-    return total
+    return sum(_layer_bytes(spec.layer(i), spec.window(i), head_dim, kv_heads) for i in range(num_layers))
 
 
 # -- the mode rule -------------------------------------------------------------------------------

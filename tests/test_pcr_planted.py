@@ -35,7 +35,7 @@ PLANTED = 12
 @pytest.fixture(scope="module")
 def qwen() -> Iterator[tuple[Any, list[str], list[int]]]:
     """(hf backend over bf16 Qwen, harmful calibration prompts, refusal tokens as the audit finds them)."""
-    from kvsafety_tests.audit import CALIBRATION_NEW_TOKENS
+    from kvsafety_tests.audit import calibration_refusal_tokens
     from kvsafety_tests.hf_backend import HFBackend
     from kvsafety_tests.judge import load_judge
     from kvsafety_tests.prompts import load_prompts
@@ -43,9 +43,7 @@ def qwen() -> Iterator[tuple[Any, list[str], list[int]]]:
     model, tok = load(QWEN, dtype="bfloat16")
     backend = HFBackend(model, tok, batch_size=16)
     cal = [p.text for p in load_prompts("builtin").calibration if p.label == "harmful"]
-    out = backend.run(cal, "none", max_new_tokens=CALIBRATION_NEW_TOKENS)
-    labels = load_judge("rules").label_many(cal, [c.text for c in out])
-    tokens = sorted({c.token_ids[0] for c, label in zip(out, labels, strict=True) if label == "refused"})
+    tokens = calibration_refusal_tokens(backend, load_judge("rules"), cal)
     assert tokens, "Qwen refused none of the calibration prompts: the refusal score has no anchor"
     yield backend, cal, tokens
 
