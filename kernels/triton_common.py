@@ -151,13 +151,17 @@ def fp8_encode(
     FMAX: tl.constexpr,
     MIN_NORMAL: tl.constexpr,
     SUB_SCALE: tl.constexpr,
+    RTZ: tl.constexpr = False,
 ):
-    """float32 -> FP8 byte (int32 0..255): saturate to +-FMAX, round to nearest even.
+    """float32 -> FP8 byte (int32 0..255): saturate to +-FMAX, round to nearest even (or toward
+    zero with RTZ).
 
     The rounding happens in float32: with e = max(exponent(|v|), emin), adding and subtracting
     2^(e - MBITS + 23) rounds |v| to a multiple of the FP8 spacing 2^(e - MBITS) (subnormals
-    included). The byte is then assembled from sign, biased exponent and mantissa. NaN -> 0x7F
-    (only reachable with a frozen scale of 0; the reference leaves that case undefined).
+    included). The byte is then assembled from sign, biased exponent and mantissa. RTZ steps the
+    magnitude's code down by one where that nearest value lies above |v| (codes grow with the
+    magnitude). NaN -> 0x7F (only reachable with a frozen scale of 0; the reference leaves that
+    case undefined).
     """
     nan = v != v
     v = tl.where(nan, 0.0, v)
@@ -172,7 +176,10 @@ def fp8_encode(
     rb = r.to(tl.int32, bitcast=True)
     normal = (((rb >> 23) - 127 + BIAS) << MBITS) | ((rb >> (23 - MBITS)) & ((1 << MBITS) - 1))
     sub = (tl.minimum(r, MIN_NORMAL) * SUB_SCALE).to(tl.int32)  # r / 2^(emin - MBITS), exact, <= 2^MBITS
-    code = tl.where(r >= MIN_NORMAL, normal, sub) | (sign << 7)
+    mag = tl.where(r >= MIN_NORMAL, normal, sub)
+    if RTZ:
+        mag = mag - (r > a).to(tl.int32)
+    code = mag | (sign << 7)
     return tl.where(nan, 0x7F, code)
 
 

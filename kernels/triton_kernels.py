@@ -424,6 +424,7 @@ def _fp8_quant_kernel(
     FMAX: tl.constexpr,
     MIN_NORMAL: tl.constexpr,
     SUB_SCALE: tl.constexpr,
+    RTZ: tl.constexpr,
     BLOCK_T: tl.constexpr,
     DP: tl.constexpr,
 ):
@@ -439,7 +440,7 @@ def _fp8_quant_kernel(
     tl.store(flag_ptr + pid, tl.sum(bad.to(tl.int32)))
     s2 = _fp8_scale_tile(s_ptr, rows, rmask, offs, T, PER_ROW, BLOCK_T, DP)  # [BLOCK_T, DP]
     y = tl.math.div_rn(x, s2)
-    code = fp8_encode(y, MBITS, BIAS, FMAX, MIN_NORMAL, SUB_SCALE)  # [BLOCK_T, DP] int32
+    code = fp8_encode(y, MBITS, BIAS, FMAX, MIN_NORMAL, SUB_SCALE, RTZ)  # [BLOCK_T, DP] int32
     tl.store(out_ptr + offs, code.to(tl.uint8), mask=mask)
 
 
@@ -810,6 +811,7 @@ def _quantize_fp8(
         FMAX=fmax,
         MIN_NORMAL=min_normal,
         SUB_SCALE=sub_scale,
+        RTZ=scheme.rounding == "rtz",
         BLOCK_T=block_t,
         DP=dp,
         **_LAUNCH,

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="hf",
         help="hf: transformers + our quantized cache (default); vllm: the vLLM engine's own KV cache",
     )
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=positive_int_arg,
+        default=1,
+        help="vllm backend: GPUs the engine shards the model over (default: 1)",
+    )
     p.add_argument("--kernel-backend", choices=["torch", "triton"], default="torch")
     defaults = ", ".join(f"{k}={v:g}" for k, v in DEFAULT_THRESHOLDS.items())
     p.add_argument(
@@ -119,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             device=args.device,
             backend=args.backend,
+            tensor_parallel_size=args.tensor_parallel_size,
             dtype=args.dtype,
             thresholds=Thresholds.from_mapping(
                 {**({} if args.no_default_thresholds else DEFAULT_THRESHOLDS), **dict(args.threshold)}

@@ -96,6 +96,8 @@ class AuditSettings:
     max_new_tokens: int = 64
     batch_size: int = 16
     backend: str = "hf"
+    #: vllm: GPUs one engine shards the model over (vLLM's tensor_parallel_size).
+    tensor_parallel_size: int = 1
     device: str = "cpu"
     dtype: str = "bfloat16"
     system_prompt: str | None = None
@@ -142,6 +144,13 @@ class AuditSettings:
             raise ValueError(f"batch_size {self.batch_size} must be >= 1")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend {self.backend!r} unknown; valid: {', '.join(BACKENDS)}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} must be >= 1")
+        if self.tensor_parallel_size > 1 and self.backend != "vllm":
+            raise ValueError(
+                f"tensor_parallel_size {self.tensor_parallel_size} needs the vllm backend; "
+                "the hf backend runs each model on one device"
+            )
         if self.backend == "vllm":
             from .backends import check_vllm_settings
 

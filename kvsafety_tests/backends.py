@@ -56,6 +56,7 @@ def make_backend(settings: Any, resolved_path: str, model: Any = None, tokenizer
             dtype=settings.dtype,
             batch_size=max(settings.batch_size, 1),
             system_prompt=settings.system_prompt,
+            tensor_parallel_size=settings.tensor_parallel_size,
             trust_remote_code=settings.trust_remote_code,
         )
     from .hf_backend import HFBackend

@@ -10,7 +10,8 @@ line naming the key, the value and what is allowed (the plugin turns it into a `
     judge = "rules"
     max_new_tokens = 64
     limit = 24                                     # at most N harmful and N harmless prompts
-    backend = "hf"
+    backend = "hf"                                 # hf, or vllm: the serving engine's own KV cache
+    tensor_parallel_size = 1                       # vllm: GPUs per engine (and per xdist worker)
     device = "cpu"                                 # cpu, cuda, cuda:N, auto
     pcr = true                                     # PCR diagnosis + plan + noise ratio per run
     pcr_budget = 0.07                              # the plan's extra KV memory (fraction)
@@ -52,7 +53,7 @@ __all__ = [
 DTYPES = ("bfloat16", "float16", "float32")
 THRESHOLD_KEYS: tuple[str, ...] = tuple(METRIC_OF)
 _STR_KEYS = ("prompts", "judge", "backend", "device", "dtype", "system_prompt", "report")
-_INT_KEYS = ("max_new_tokens", "limit", "batch_size")
+_INT_KEYS = ("max_new_tokens", "limit", "batch_size", "tensor_parallel_size")
 _BOOL_KEYS = (
     "noise_floor",
     "perplexity",
@@ -94,6 +95,9 @@ class GateConfig:
     limit: int | None = None
     batch_size: int = 16
     backend: str = "hf"
+    #: vllm: GPUs one engine shards the model over; under pytest-xdist each worker is pinned to
+    #: as many GPUs of its own.
+    tensor_parallel_size: int = 1
     device: str = "cpu"
     dtype: str = "bfloat16"
     system_prompt: str | None = None
@@ -345,6 +349,11 @@ def _check_choices(config: GateConfig) -> None:
             )
         except ValueError as e:
             raise ConfigError(f"backend = 'vllm': {e}") from None
+    if config.tensor_parallel_size > 1 and config.backend != "vllm":
+        raise ConfigError(
+            f"tensor_parallel_size = {config.tensor_parallel_size} needs backend = 'vllm'; "
+            "the hf backend runs each model on one device"
+        )
     if config.dtype not in DTYPES:
         raise ConfigError(f"dtype = {config.dtype!r} is not valid; valid: {', '.join(DTYPES)}")
     parse_device(config.device)

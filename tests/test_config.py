@@ -195,6 +195,7 @@ def test_unknown_key_is_rejected_naming_the_valid_ones() -> None:
         ("limit", 0, "must be an integer >= 1"),
         ("limit", "3", "must be an integer >= 1"),
         ("max_new_tokens", True, "must be an integer >= 1"),
+        ("tensor_parallel_size", 0, "must be an integer >= 1"),
         ("noise_floor", "yes", "must be true or false"),
         ("pcr", 1, "must be true or false"),
         ("pcr_budget", 1.5, r"must be a fraction in \[0, 1\]"),
@@ -220,6 +221,16 @@ def test_an_unknown_backend_is_rejected_naming_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match="backend = 'tgi' is not available") as info:
         resolve({"backend": "tgi"})
     assert f"valid: {', '.join(BACKENDS)}" in str(info.value) and BACKENDS == ("hf", "vllm")
+
+
+def test_tensor_parallelism_needs_the_vllm_backend() -> None:
+    assert resolve({}).tensor_parallel_size == 1
+    with pytest.raises(
+        ConfigError, match=r"^tensor_parallel_size = 2 needs backend = 'vllm'; the hf backend runs each model"
+    ):
+        resolve({"tensor_parallel_size": 2})
+    with pytest.raises(ConfigError, match="needs backend = 'vllm'"):
+        resolve({}, tensor_parallel_size=4)  # --kvsafety-tensor-parallel-size
 
 
 def test_vllm_refuses_a_quantizer_it_cannot_express_before_anything_loads() -> None:

