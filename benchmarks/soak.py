@@ -5,9 +5,11 @@
 Each round is a whole audit as ``python -m kvsafety_tests`` runs it (model loaded, fp arm, noise
 floor, perplexity, every quantizer), so anything an audit leaves behind (a model, a cache, a hook,
 a tensor held by a closure) accumulates round after round. Printed per round: wall seconds, the
-peak RSS so far (``getrusage`` ru_maxrss), the RSS now (``/proc/self/statm``, after a
-``gc.collect()``: memory still referenced) and its growth since the previous round. Round 1 pays
-for imports and lazy initialisation; a leak shows as growth that does not settle from round 2 on.
+round's own peak RSS (Linux: VmHWM, reset through /proc/self/clear_refs before each round; where
+that reset is not allowed, the peak so far, marked "so far"), the RSS now (``/proc/self/statm``,
+after a ``gc.collect()``: memory still referenced) and its growth since the previous round. Round
+1 pays for imports and lazy initialisation; a leak shows as growth that does not settle from
+round 2 on.
 """
 
 from __future__ import annotations
@@ -35,6 +37,25 @@ def rss_now_mib() -> float:
 def rss_peak_mib() -> float:
     """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> bool:
+    """Restart the kernel's peak-RSS count (VmHWM) for this process; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_since_reset_mib() -> float:
+    """VmHWM from /proc/self/status: the peak RSS since the last ``reset_peak`` (or since start)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return rss_peak_mib()
 
 
 def _spec(text: str) -> str:
@@ -80,10 +101,13 @@ def main() -> None:
         f"limit {settings.limit}, {settings.max_new_tokens} new tokens, {torch.get_num_threads()} threads"
     )
     print(f"start: rss {rss_now_mib():.0f} MiB, peak {rss_peak_mib():.0f} MiB")
-    print(f"{'round':>5}  {'wall s':>7}  {'peak MiB':>8}  {'rss MiB':>8}  {'growth MiB':>10}  verdicts")
+    print(
+        f"{'round':>5}  {'wall s':>7}  {'round peak MiB':>14}  {'rss MiB':>8}  {'growth MiB':>10}  verdicts"
+    )
     log = print if args.verbose else (lambda message: None)
     rss: list[float] = []
     for i in range(1, args.rounds + 1):
+        per_round = reset_peak()
         start = time.perf_counter()
         report = run_audit(settings, log=log)
         wall = time.perf_counter() - start
@@ -92,10 +116,11 @@ def main() -> None:
         gc.collect()
         rss.append(rss_now_mib())
         growth = f"{rss[-1] - rss[-2]:+10.1f}" if len(rss) > 1 else f"{'':>10}"
-        print(f"{i:>5}  {wall:7.1f}  {rss_peak_mib():8.0f}  {rss[-1]:8.0f}  {growth}  {verdicts}", flush=True)
+        peak = f"{peak_since_reset_mib():14.0f}" if per_round else f"{rss_peak_mib():6.0f} so far"
+        print(f"{i:>5}  {wall:7.1f}  {peak}  {rss[-1]:8.0f}  {growth}  {verdicts}", flush=True)
     if len(rss) > 2:
-        per_round = (rss[-1] - rss[1]) / (len(rss) - 2)
-        print(f"growth from round 2 to {len(rss)}: {rss[-1] - rss[1]:+.1f} MiB ({per_round:+.1f} MiB/round)")
+        rate = (rss[-1] - rss[1]) / (len(rss) - 2)
+        print(f"growth from round 2 to {len(rss)}: {rss[-1] - rss[1]:+.1f} MiB ({rate:+.1f} MiB/round)")
 
 
 if __name__ == "__main__":
