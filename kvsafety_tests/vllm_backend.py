@@ -93,6 +93,13 @@ EXPRESSIBLE = (
 _FP8_DTYPES = {"e4m3": "fp8_e4m3", "e5m2": "fp8_e5m2"}
 _ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
 _ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+#: On a GPU each vLLM engine reserves a fixed share of the device (vLLM's default is 0.9, which
+#: leaves no room for a second engine). An audit keeps up to three alive in one process (``auto``
+#: for the fp arms and two quantized caches), so each takes just under a third by default;
+#: ``engine_kwargs={"gpu_memory_utilization": ...}`` overrides it. A fourth engine closes the
+#: others first. On CPU the KV space is VLLM_CPU_KVCACHE_SPACE (1 GiB here) instead.
+GPU_MEMORY_SHARE = 0.28
+MAX_GPU_ENGINES = 3
 
 
 @dataclass(frozen=True)
@@ -193,6 +200,10 @@ def close_engines() -> None:
     """Drop every cached engine (frees its weights and KV cache)."""
     _ENGINES.clear()
     gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class VLLMBackend:
@@ -295,7 +306,10 @@ class VLLMBackend:
             vllm = _vllm()
             from vllm.platforms import current_platform
 
-            check_head_size(self.head_dim, args.kv_cache_dtype, cpu=current_platform.is_cpu())
+            on_cpu = current_platform.is_cpu()
+            check_head_size(self.head_dim, args.kv_cache_dtype, cpu=on_cpu)
+            if not on_cpu and len(_ENGINES) >= MAX_GPU_ENGINES:
+                close_engines()
             kwargs: dict[str, Any] = {
                 "model": self.model_path,
                 "dtype": self.dtype,
@@ -312,6 +326,8 @@ class VLLMBackend:
                 kwargs["kv_cache_dtype_skip_layers"] = [str(i) for i in args.skip_layers]
             if self.max_model_len is not None:
                 kwargs["max_model_len"] = self.max_model_len
+            if not on_cpu:
+                kwargs["gpu_memory_utilization"] = GPU_MEMORY_SHARE
             kwargs.update(self.engine_kwargs)
             _ENGINES[key] = vllm.LLM(**kwargs)
         return _ENGINES[key]

@@ -24,6 +24,7 @@ from kvsafety_tests.prompts import load_prompts
 from kvsafety_tests.spec import parse_spec
 from kvsafety_tests.vllm_backend import (
     CPU_HEAD_SIZES,
+    GPU_MEMORY_SHARE,
     VLLMBackend,
     VLLMCacheArgs,
     check_head_size,
@@ -192,6 +193,34 @@ def test_cpu_fp8_cache_rounds_toward_zero() -> None:
 
 
 # -- the engine ------------------------------------------------------------------------------------
+def test_gpu_engines_share_the_device(smol_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU each engine reserves GPU_MEMORY_SHARE of the device (vLLM's default 0.9 would let
+    only the first of an audit's three engines start), and a fourth engine closes the others. No
+    GPU here: the platform check and vllm.LLM are faked to capture the engine arguments (the real
+    engine's CPU path is what the other tests run)."""
+    from kvsafety_tests import vllm_backend
+
+    made: list[dict[str, object]] = []
+
+    class CapturedLLM:
+        def __init__(self, **kwargs: object) -> None:
+            made.append(kwargs)
+
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
+    monkeypatch.setattr(vllm_backend._vllm(), "LLM", CapturedLLM)
+    monkeypatch.setattr(vllm_backend, "_ENGINES", {})
+    vb = VLLMBackend(smol_path, dtype="bfloat16")
+    for spec in ("none", "fp8_e5m2", "fp8_e4m3"):
+        vb.engine(vllm_cache_args(spec))
+    assert [m["gpu_memory_utilization"] for m in made] == [GPU_MEMORY_SHARE] * 3
+    assert 3 * GPU_MEMORY_SHARE < 0.9 and len(vllm_backend._ENGINES) == 3
+    vb.engine(vllm_cache_args("fp8_e5m2;L0=none"))
+    assert len(vllm_backend._ENGINES) == 1 and made[-1]["kv_cache_dtype_skip_layers"] == ["0"]
+    own = VLLMBackend(smol_path, dtype="bfloat16", engine_kwargs={"gpu_memory_utilization": 0.6})
+    own.engine(vllm_cache_args("none"))
+    assert made[-1]["gpu_memory_utilization"] == 0.6
+
+
 def test_unexpressible_spec_fails_before_any_engine(smol_bf16: VLLMBackend) -> None:
     from kvsafety_tests import vllm_backend
 
