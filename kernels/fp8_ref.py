@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from kvsafety_tests.spec import Fp8Scheme
+from kvsafety_tests.spec import FP8_ROUNDINGS, Fp8Scheme
 
 from .stored import QuantizedTensor, check_input, to_output
 
@@ -33,7 +33,7 @@ def fp8_encode(x: torch.Tensor, fmt: str, rounding: str = "rne") -> torch.Tensor
     if rounding == "rne":
         return code
     if rounding != "rtz":
-        raise ValueError(f"fp8 rounding {rounding!r} unknown; valid: rne, rtz")
+        raise ValueError(f"fp8 rounding {rounding!r} unknown; valid: {', '.join(FP8_ROUNDINGS)}")
     # sign-magnitude codes: the magnitude's code grows with the magnitude, so where the nearest
     # value lies above |x| (further from zero), the lower neighbour is one code down
     away = q.float().abs() > xf.abs()
