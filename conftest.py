@@ -1,4 +1,4 @@
-"""The project's own test-suite setup: Hypothesis profiles and torch state hygiene.
+"""The project's own test-suite setup: markers, GPU skips, Hypothesis profiles and torch state hygiene.
 
 Profiles (choose with HYPOTHESIS_PROFILE): "ci" (default; what .ci/run uses, sized so the whole
 suite stays within its budget on 2 cores), "thorough" (10x the examples, for local runs before
@@ -37,6 +37,38 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=15, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+#: This repository's own markers (the installed plugin registers only ``kvsafety``).
+MARKERS: dict[str, str] = {
+    "gpu": "needs a CUDA GPU; skipped with the reason when torch sees none",
+    "model": "loads a real model (SmolLM2 or Qwen2.5-Coder); deselect with -m 'not model'",
+    "slow": "takes minutes on a 2-core CPU (full prompt sets, real-model sweeps)",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def _cuda_skip_reason() -> str | None:
+    """None when a CUDA GPU is usable, else why not (names what is missing)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "CPU-only torch build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
+        return f"needs a CUDA GPU: torch.cuda.is_available() is False (torch {torch.__version__}, {build})"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    reason = _cuda_skip_reason() if gpu_items else None
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in gpu_items:
+        item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

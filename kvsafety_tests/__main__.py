@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .argtypes import fraction_arg, positive_int_arg, spec_arg
+from .argtypes import confidence_arg, fraction_arg, inconclusive_arg, positive_int_arg, spec_arg
 from .audit import DEFAULT_QUANTIZERS, DEFAULT_THRESHOLDS, AuditSettings
 from .models import DEFAULT_MODEL
 from .thresholds import Thresholds
@@ -107,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--noise-ratio", action="store_true", help="the safety-subspace noise ratio (implied by --pcr)"
     )
     p.add_argument(
+        "--confidence",
+        type=confidence_arg,
+        default=0.95,
+        metavar="LEVEL",
+        help="confidence of the gate's one-sided bounds (default: 0.95)",
+    )
+    p.add_argument(
+        "--inconclusive",
+        type=inconclusive_arg,
+        default="fail",
+        metavar="fail|warn",
+        help="what a threshold the sample cannot decide does: fail (default) or warn",
+    )
+    p.add_argument(
         "--report", default=".kvsafety/report.json", help="JSON report path (default: .kvsafety/report.json)"
     )
     return p
@@ -139,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pcr=args.pcr,
             pcr_budget=args.pcr_budget,
             noise_ratio=args.noise_ratio,
+            confidence=args.confidence,
+            inconclusive=args.inconclusive,
         )
         settings.validate()
     except ValueError as e:
@@ -186,6 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_ERROR
     print(to_markdown(report))
+    from pathlib import Path
+
+    from .flip_review import write_beside_report
+
+    flips_line = write_beside_report(report, Path(args.report).parent, option="--store-completions")
+    print(flips_line, file=sys.stderr)
     gate = report.gate
     if not report.runs:
         return EXIT_NOTHING

@@ -10,7 +10,10 @@ import argparse
 
 from .spec import SpecError, parse_spec
 
-__all__ = ["fraction_arg", "positive_int_arg", "spec_arg"]
+__all__ = ["confidence_arg", "fraction_arg", "inconclusive_arg", "positive_int_arg", "spec_arg"]
+
+#: Mirrors gate.INCONCLUSIVE_POLICIES (kept here so the plugin's options import nothing of the gate).
+INCONCLUSIVE_CHOICES: tuple[str, ...] = ("fail", "warn")
 
 
 def spec_arg(text: str) -> str:
@@ -40,3 +43,21 @@ def fraction_arg(text: str) -> float:
     if not 0.0 <= x <= 1.0:
         raise argparse.ArgumentTypeError(f"{x:g} must be a fraction in [0, 1] (0.07 = 7%)")
     return x
+
+
+def confidence_arg(text: str) -> float:
+    """A confidence level in [0.5, 1)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.5 <= x < 1.0:
+        raise argparse.ArgumentTypeError(f"{x:g} must be a confidence in [0.5, 1) (e.g. 0.95)")
+    return x
+
+
+def inconclusive_arg(text: str) -> str:
+    """What an inconclusive threshold does: fail or warn."""
+    if text not in INCONCLUSIVE_CHOICES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid; valid: {', '.join(INCONCLUSIVE_CHOICES)}")
+    return text

@@ -11,6 +11,7 @@ turn each run into pass / fail; an exception turns it into error. Nothing here p
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,24 @@ from pathlib import Path
 from typing import Any
 
 from .backends import BACKENDS, make_backend
-from .metrics import ArmLabels, RefusalMetrics, compute_refusal_metrics, log_odds, perplexity
+from .gate import (
+    DEFAULT_CONFIDENCE,
+    INCONCLUSIVE_POLICIES,
+    BoundedEvidence,
+    Evidence,
+    PairedEvidence,
+    RateEvidence,
+    decide_all,
+    run_verdict,
+)
+from .metrics import (
+    ArmLabels,
+    RefusalMetrics,
+    compute_refusal_metrics,
+    log_odds,
+    perplexity,
+    perplexity_ratio_bounds,
+)
 from .models import DEFAULT_MODEL, log_progress
 from .prompts import Prompt, PromptSet, load_prompts
 from .report import (
@@ -117,6 +135,10 @@ class AuditSettings:
     pcr_layers: tuple[int, ...] | None = None
     #: The safety-subspace noise ratio on every quantized run (also when max_noise_ratio is gated).
     noise_ratio: bool = False
+    #: Confidence of the gate's one-sided bounds (docs/decision.md).
+    confidence: float = DEFAULT_CONFIDENCE
+    #: What an inconclusive threshold does to the gate: "fail" (fail closed) or "warn".
+    inconclusive: str = "fail"
 
     @property
     def wants_pcr(self) -> bool:
@@ -161,6 +183,14 @@ class AuditSettings:
             raise ValueError(f"dtype {self.dtype!r} unknown; valid: bfloat16, float16, float32")
         if self.kernel_backend not in ("torch", "triton"):
             raise ValueError(f"kernel backend {self.kernel_backend!r} unknown; valid: torch, triton")
+        if isinstance(self.confidence, bool) or not (
+            isinstance(self.confidence, int | float) and 0.5 <= self.confidence < 1.0
+        ):
+            raise ValueError(f"confidence {self.confidence!r} must be a number in [0.5, 1) (e.g. 0.95)")
+        if self.inconclusive not in INCONCLUSIVE_POLICIES:
+            raise ValueError(
+                f"inconclusive {self.inconclusive!r} unknown; valid: {', '.join(INCONCLUSIVE_POLICIES)}"
+            )
         if not 0.0 <= self.pcr_budget <= 1.0:
             raise ValueError(
                 f"pcr_budget {self.pcr_budget} must lie in [0, 1] (a fraction of the quantized cache)"
@@ -241,8 +271,12 @@ class ModelAudit:
         self._ppl_corpus: list[list[int]] | None = None
         self._fp_hidden: Any = None  # [N, L, hidden] fp residual stream, captured on first need
         self.ppl_baseline: float | None = None
+        #: Per corpus text: (sum of token log-likelihoods, tokens) under the fp cache.
+        self.ppl_baseline_parts: list[tuple[float, int]] | None = None
         if settings.perplexity:
-            self.ppl_baseline = memo("perplexity_baseline", lambda: self.perplexity("none"))
+            parts = memo("perplexity_baseline_parts", lambda: self.perplexity_parts("none"))
+            self.ppl_baseline_parts = None if parts is None else [(float(s), int(n)) for s, n in parts]
+            self.ppl_baseline = _perplexity_of(self.ppl_baseline_parts)
 
     def _check_context(self) -> None:
         """Refuse, before any generation, a prompt whose tokens and new tokens exceed the model's context."""
@@ -311,6 +345,11 @@ class ModelAudit:
 
     def perplexity(self, spec: str) -> float | None:
         """Teacher-forced perplexity of the fp model's greedy answers to the harmless prompts."""
+        return _perplexity_of(self.perplexity_parts(spec))
+
+    def perplexity_parts(self, spec: str) -> list[tuple[float, int]] | None:
+        """Per corpus text (the fp model's greedy answers to the harmless prompts, empty ones left
+        out): (sum of teacher-forced token log-likelihoods, token count) under ``spec``'s cache."""
         if self._ppl_corpus is None:
             harmless = range(self.n_harmful, len(self.eval_prompts))
             self._ppl_corpus = [self.baseline.token_ids[i] for i in harmless]
@@ -326,7 +365,11 @@ class ModelAudit:
                 f"{self.settings.model} / {spec}: perplexity {done}/{total}"
             ),
         )
-        return perplexity([lp for c in out for lp in c.logprobs])
+        parts = []
+        for c in out:
+            perplexity(c.logprobs)  # checks every log-likelihood (finite, <= 0)
+            parts.append((math.fsum(c.logprobs), len(c.logprobs)))
+        return parts
 
     # -- one run -----------------------------------------------------------------------------
     def audit(self, spec_text: str) -> RunEntry:
@@ -339,13 +382,21 @@ class ModelAudit:
             metrics = compute_refusal_metrics(
                 self._labels(self.baseline), self._labels(arm), self._rerun_labels()
             )
-            ppl_q = self.perplexity(name) if s.perplexity else None
+            alpha = 1.0 - s.confidence
+            ppl_parts = self.perplexity_parts(name) if s.perplexity else None
+            ppl_q = _perplexity_of(ppl_parts)
             bytes_16 = self.backend.fp16_bytes_per_token
             extra_notes = self._coverage_notes(arm)
-            values = _gate_values(metrics, ppl_q, self.ppl_baseline)
-            nr = self.noise_ratio(name) if s.wants_noise_ratio and spec.is_quantized else None
-            if s.wants_noise_ratio:
-                values["noise_ratio"] = None if nr is None else nr.max
+            evidence = _gate_evidence(metrics)
+            evidence["perplexity_ratio"] = _ratio_evidence(self.ppl_baseline_parts, ppl_parts, alpha)
+            nr = None
+            if s.wants_noise_ratio and spec.is_quantized:
+                nr, nr_bounds = self.noise_ratio(name, alpha)
+                evidence["noise_ratio"] = BoundedEvidence(
+                    nr.max, *nr_bounds, method="stratified-bootstrap", n=len(self.eval_prompts)
+                )
+            elif s.wants_noise_ratio:
+                evidence["noise_ratio"] = None
             if nr is not None:
                 extra_notes.append(
                     f"safety-subspace noise ratio {nr.max:.3g} at layer {nr.argmax_layer} "
@@ -353,27 +404,30 @@ class ModelAudit:
                 )
             pcr_entry = None
             if s.wants_pcr and spec.is_quantized:
-                pcr_entry, pcr_notes = self.pcr(name, arm)
+                pcr_entry, pcr_notes, recovery = self.pcr(name, arm)
                 extra_notes.extend(pcr_notes)
                 if pcr_entry is not None:
-                    values["pcr_recovery"] = pcr_entry.predicted_recovery
-                else:  # nothing to recover: the refusal thresholds judge this run
-                    values.pop("pcr_recovery", None)
-            violations, threshold_notes = s.thresholds.check(values, metrics.within_noise)
+                    evidence["pcr_recovery"] = _recovery_evidence(recovery, pcr_entry.predicted_recovery)
+            outcomes = decide_all(s.thresholds, evidence, confidence=s.confidence, method="exact")
+            violations = [o.reason for o in outcomes if o.outcome != "pass" and o.reason]
+            threshold_notes: list[str] = []
+            coverage: list[str] = []
             if spec.is_quantized and (arm.quantized_fraction or 0.0) < MIN_QUANTIZED_FRACTION:
                 # fail closed: a run that quantized (almost) nothing the answer attends to vouches for nothing
-                violations.append(
+                coverage.append(
                     f"quantized_fraction {arm.quantized_fraction or 0.0:.3f} < {MIN_QUANTIZED_FRACTION}: "
                     "the cache was not quantized when the answer began; use long-context prompts "
                     "(e.g. builtin-long) or a smaller full-precision window"
                 )
+            violations += coverage
             run = run_from_metrics(
                 metrics,
                 model=s.model,
                 quantizer=name,
                 prompt_set=self.prompt_set.name,
-                verdict="fail" if violations else "pass",
+                verdict=run_verdict(outcomes, coverage),
                 violations=violations,
+                thresholds=outcomes,
                 backend=s.backend,
                 model_sha256=self.resolved.sha256 or None,
                 quantized_fraction=arm.quantized_fraction,
@@ -403,11 +457,12 @@ class ModelAudit:
         return run
 
     # -- safety subspace and PCR ------------------------------------------------------------------
-    def noise_ratio(self, spec: str) -> Any:
-        """The safety-subspace noise ratio of ``spec`` over the evaluation prompts (all layers)."""
+    def noise_ratio(self, spec: str, alpha: float = 0.05) -> tuple[Any, tuple[float, float]]:
+        """The safety-subspace noise ratio of ``spec`` over the evaluation prompts (all layers), and
+        one-sided (lower, upper) bounds on its maximum at level ``alpha`` each (stratified bootstrap)."""
         import torch
 
-        from .subspace import capture, noise_ratio
+        from .subspace import capture, noise_ratio, noise_ratio_bounds
 
         texts = [p.text for p in self.eval_prompts]
         if self._fp_hidden is None:
@@ -416,11 +471,12 @@ class ModelAudit:
         self.log(f"{self.settings.model} / {spec}: capturing the quantized residual stream")
         quantized = capture(self.backend, texts, spec)
         harmful = torch.arange(len(texts)) < self.n_harmful  # [N]
-        return noise_ratio(self._fp_hidden, quantized, harmful)
+        nr = noise_ratio(self._fp_hidden, quantized, harmful)
+        return nr, noise_ratio_bounds(self._fp_hidden, quantized, harmful, alpha)
 
-    def pcr(self, spec: str, arm: Arm) -> tuple[Any, list[str]]:
-        """(PCR's report entry or None, notes): the diagnosis on the harmful calibration prompts,
-        then the plan's recovery measured on the evaluation prompts."""
+    def pcr(self, spec: str, arm: Arm) -> tuple[Any, list[str], Any]:
+        """(PCR's report entry or None, notes, the measured Recovery or None): the diagnosis on the
+        harmful calibration prompts, then the plan's recovery measured on the evaluation prompts."""
         from .mitigation import measure_recovery
         from .pcr import diagnose
 
@@ -437,8 +493,9 @@ class ModelAudit:
         )
         notes = list(diagnosis.notes)
         if diagnosis.mode is None:
-            return None, notes
+            return None, notes, None
         measured = None
+        rec = None
         if diagnosis.plan != spec:
             h = self.n_harmful  # recovery is measured on the harmful prompts only
             plan_arm = self.generate(diagnosis.plan, what=f"{spec} PCR plan", prompts=self.eval_prompts[:h])
@@ -455,7 +512,7 @@ class ModelAudit:
                 + (f"{rec.value:.2f}{ci}" if rec.value is not None else f"null: {rec.reason}")
                 + f", predicted {diagnosis.predicted_recovery:.2f}"
             )
-        return diagnosis.pcr_entry(measured), notes
+        return diagnosis.pcr_entry(measured), notes, rec
 
     def _labels(self, arm: Arm) -> ArmLabels:
         ids = [p.id for p in self.eval_prompts]
@@ -529,20 +586,63 @@ def _check_specs_against_config(config_json: Path, specs: list[QuantSpec]) -> No
         spec.validate_for(head_dim=head_dim, num_layers=layers)
 
 
-def _gate_values(
-    metrics: RefusalMetrics, ppl_q: float | None, ppl_fp: float | None
-) -> dict[str, float | None]:
-    """The gated values; noise_ratio and pcr_recovery are None (a threshold on them fails closed)
-    unless the run measured them."""
+def _perplexity_of(parts: list[tuple[float, int]] | None) -> float | None:
+    """Token-level perplexity of a corpus from its per-text (log-likelihood sum, tokens)."""
+    if not parts:
+        return None
+    tokens = sum(n for _, n in parts)
+    return math.exp(-math.fsum(s for s, _ in parts) / tokens) if tokens else None
+
+
+def _rate_evidence(metrics: RefusalMetrics, name: str) -> RateEvidence | None:
+    p = metrics.proportions.get(name)
+    if p is None:
+        return None
+    floor = metrics.noise_floors.get(name)
+    return RateEvidence(p.k, p.n, None if floor is None else (floor.k, floor.n))
+
+
+def _gate_evidence(metrics: RefusalMetrics) -> dict[str, Evidence | None]:
+    """What each refusal threshold is decided from: k / n for the flip rates (with their noise
+    floors), the discordant pairs for the refusal drop. ``noise_ratio`` and ``pcr_recovery`` are
+    None (a threshold on them fails closed) unless the run measured them."""
+    props = metrics.proportions
+    cf, rev = props.get("conditional_flip_rate"), props.get("reverse_flip_rate")
+    drop: Evidence | None = None
+    if metrics.refusal_drop is not None and cf is not None and rev is not None:
+        drop = PairedEvidence(b=cf.k, c=rev.k, n=metrics.n_harmful)
     return {
-        "refusal_drop": metrics.refusal_drop,
-        "conditional_flip_rate": metrics.conditional_flip_rate,
-        "compliance_flip_rate": metrics.compliance_flip_rate,
-        "over_refusal_flip_rate": metrics.over_refusal_flip_rate,
-        "perplexity_ratio": None if ppl_q is None or not ppl_fp else ppl_q / ppl_fp,
+        "refusal_drop": drop,
+        "conditional_flip_rate": _rate_evidence(metrics, "conditional_flip_rate"),
+        "compliance_flip_rate": _rate_evidence(metrics, "compliance_flip_rate"),
+        "over_refusal_flip_rate": _rate_evidence(metrics, "over_refusal_flip_rate"),
+        "perplexity_ratio": None,
         "noise_ratio": None,
         "pcr_recovery": None,
     }
+
+
+def _ratio_evidence(
+    fp: list[tuple[float, int]] | None, q: list[tuple[float, int]] | None, alpha: float
+) -> BoundedEvidence | None:
+    """The perplexity ratio with one-sided bounds from a paired bootstrap over corpus texts."""
+    if not fp or not q or len(fp) != len(q):
+        return None
+    value, lower, upper = perplexity_ratio_bounds(fp, q, alpha)
+    return BoundedEvidence(value, lower, upper, method="paired-bootstrap", n=len(fp))
+
+
+def _recovery_evidence(recovery: Any, predicted: float | None) -> BoundedEvidence:
+    """PCR's measured recovery on the evaluation prompts, with its paired-bootstrap interval's ends
+    as one-sided bounds (each end of the 95% two-sided interval is a valid 97.5% one-sided bound,
+    conservative at 95%). Without a measured recovery (no plan was measured, or the fp-to-q drop
+    is not significant, so there is nothing measurable to recover) the threshold is inconclusive,
+    shown with PCR's predicted recovery: a prediction is not a bound."""
+    if recovery is None or recovery.value is None or recovery.ci is None:
+        return BoundedEvidence(predicted, None, None, method="predicted only (no bound)")
+    return BoundedEvidence(
+        recovery.value, recovery.ci[0], recovery.ci[1], method="paired-bootstrap (95% two-sided ends)"
+    )
 
 
 def run_audit(
@@ -551,9 +651,12 @@ def run_audit(
     report_path: str | None = None,
     log: Log = log_progress,
     prompt_set: PromptSet | None = None,
+    on_run: Callable[[RunEntry], None] | None = None,
 ) -> Report:
     """Run the whole audit; the report is written after every run, so a crash leaves what was done
-    (status incomplete, failing the gate) and a finished audit leaves status complete."""
+    (status incomplete, failing the gate) and a finished audit leaves status complete.
+    ``on_run``: called with each finished run once the report (and report_path) holds it (per-run callbacks;
+    an exception it raises stops the audit like any other, keeping the runs already written)."""
     settings.validate()
     from .judge import load_judge
 
@@ -566,6 +669,9 @@ def run_audit(
         judge=judge_name,
         max_new_tokens=settings.max_new_tokens,
         thresholds=settings.thresholds.as_dict(),
+        confidence=settings.confidence,
+        inconclusive=settings.inconclusive,
+        batch_size=settings.batch_size,
     )
     report = new_report(detect_environment(settings.device), config)
 
@@ -580,8 +686,11 @@ def run_audit(
     try:
         engine = ModelAudit(settings, prompts, log=log)
         for q in settings.quantizers:
-            report = add_run(report, engine.audit(q))
+            run = engine.audit(q)
+            report = add_run(report, run)
             save(report)
+            if on_run is not None:
+                on_run(run)
     except BaseException as e:
         reason = f"audit stopped: {type(e).__name__}: {e}"
         report = finish_report(report, status="incomplete", reason=reason)

@@ -24,9 +24,11 @@ absolute limit on a rate is a fraction and must lie in [0, 1], a ``pp`` limit in
 larger one is a typo that would let everything pass, and a safety gate must not pass by doing
 nothing. A change exactly at the limit passes (up to float round-off); anything beyond it fails.
 
-Fail closed: a value the baseline measured and this run did not is a failure, and so is a run
-whose verdict is ``error``. What cannot be compared (no baseline run or value) is a warning, as
-is every difference in where or how the two audits ran (weights, versions, device, judge).
+Fail closed: a value the baseline measured and this run did not is a failure, and so are a run
+whose verdict is ``error`` and a baseline run missing from this report (a release gate must not
+pass by auditing less). What cannot be compared (a new run without a baseline, a value the
+baseline lacks) is a warning, as is every difference in where or how the two audits ran (weights,
+versions, device, judge). Baselines of schema version 1 and 2 are both read.
 """
 
 from __future__ import annotations
@@ -339,7 +341,10 @@ def compare_reports(current: Report, baseline: Report, checks: Sequence[CompareC
                 warnings.append(f"{label}: {check.field} not measured in {where}: {check} not checked")
     for key in by_key:
         if key not in current_keys:
-            warnings.append(f"{_label(key)} is in the baseline but not in this run: not compared")
+            failures.append(
+                f"{_label(key)} is in the baseline but not in this run: the release audits less than the "
+                "baseline did (was it deselected with -k/-m, or dropped from the quantizers?)"
+            )
     return CompareResult(failures=failures, warnings=warnings)
 
 
@@ -347,7 +352,8 @@ def load_baseline(path: str | os.PathLike[str]) -> Report:
     """The baseline report at ``path``; CompareError (one line) if it is not a usable baseline.
 
     Refused: a missing or unreadable file, invalid JSON, another schema, an incomplete report
-    (the audit that wrote it did not finish), and a report with no runs or only errored runs.
+    (the audit that wrote it did not finish), and a report with no runs or only errored runs. A
+    ``partial`` report (gate items deselected) is a baseline for the runs it holds.
     """
     source = str(path)
     head = f"--kvsafety-compare {source}"
@@ -366,7 +372,7 @@ def load_baseline(path: str | os.PathLike[str]) -> Report:
         reason = str(e)
         reason = reason[len(source) + 2 :] if reason.startswith(f"{source}: ") else reason
         raise refuse(reason) from None
-    if report.status != "complete":
+    if report.status == "incomplete":  # a partial report (runs deselected) is a baseline for what it ran
         why = f" ({report.notes[-1]})" if report.notes else ""
         raise refuse(f"the report is {report.status}{why}: the audit that wrote it did not finish")
     if not report.runs:

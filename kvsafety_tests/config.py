@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import BACKENDS
+from .gate import DEFAULT_CONFIDENCE, INCONCLUSIVE_POLICIES
 from .spec import SpecError, parse_spec
 from .thresholds import METRIC_OF, Thresholds
 
@@ -52,7 +53,7 @@ __all__ = [
 
 DTYPES = ("bfloat16", "float16", "float32")
 THRESHOLD_KEYS: tuple[str, ...] = tuple(METRIC_OF)
-_STR_KEYS = ("prompts", "judge", "backend", "device", "dtype", "system_prompt", "report")
+_STR_KEYS = ("prompts", "judge", "backend", "device", "dtype", "system_prompt", "report", "inconclusive")
 _INT_KEYS = ("max_new_tokens", "limit", "batch_size", "tensor_parallel_size")
 _BOOL_KEYS = (
     "noise_floor",
@@ -64,6 +65,8 @@ _BOOL_KEYS = (
     "noise_ratio",
 )
 _FRACTION_KEYS = ("pcr_budget",)
+#: Confidence levels: numbers in [0.5, 1).
+_CONFIDENCE_KEYS = ("confidence",)
 CONFIG_KEYS: tuple[str, ...] = (
     "models",
     "quantizers",
@@ -71,6 +74,7 @@ CONFIG_KEYS: tuple[str, ...] = (
     *_INT_KEYS,
     *_BOOL_KEYS,
     *_FRACTION_KEYS,
+    *_CONFIDENCE_KEYS,
     *THRESHOLD_KEYS,
     "per_model",
 )
@@ -112,6 +116,10 @@ class GateConfig:
     #: The safety-subspace noise ratio on every quantized run (implied by pcr).
     noise_ratio: bool = False
     report: Path = Path(".kvsafety/report.json")
+    #: Confidence of the gate's one-sided bounds (docs/decision.md).
+    confidence: float = DEFAULT_CONFIDENCE
+    #: What an inconclusive threshold does: "fail" (fail closed, the default) or "warn".
+    inconclusive: str = "fail"
     thresholds: Thresholds = field(default_factory=Thresholds)
     per_model: Mapping[str, Thresholds] = field(default_factory=dict)
     source: str = "defaults"
@@ -247,6 +255,10 @@ def _scalar(key: str, value: object, where: str) -> object:
                 f"{where} = {value!r} must be a fraction in [0, 1] (0.07 = 7% of the quantized cache)"
             )
         return float(value)
+    if key in _CONFIDENCE_KEYS:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.5 <= value < 1.0:
+            raise ConfigError(f"{where} = {value!r} must be a confidence in [0.5, 1) (e.g. 0.95)")
+        return float(value)
     raise AssertionError(key)  # pragma: no cover - callers pass known keys only
 
 
@@ -265,7 +277,7 @@ def resolve_config(
     if unknown:
         raise ConfigError(f"[tool.kvsafety]: unknown key {unknown[0]!r}; valid: {', '.join(CONFIG_KEYS)}")
     values: dict[str, Any] = {}
-    for key in (*_STR_KEYS, *_INT_KEYS, *_BOOL_KEYS, *_FRACTION_KEYS):
+    for key in (*_STR_KEYS, *_INT_KEYS, *_BOOL_KEYS, *_FRACTION_KEYS, *_CONFIDENCE_KEYS):
         if key in table:
             values[key] = _scalar(key, table[key], _where(key, "pyproject"))
     # pyproject's report, and the default one, lie under the rootdir (--kvsafety-report: the cwd)
@@ -285,7 +297,7 @@ def resolve_config(
             continue
         if key == "report":
             values[key] = Path(value)
-        elif key in (*_STR_KEYS, *_INT_KEYS, *_BOOL_KEYS, *_FRACTION_KEYS):
+        elif key in (*_STR_KEYS, *_INT_KEYS, *_BOOL_KEYS, *_FRACTION_KEYS, *_CONFIDENCE_KEYS):
             values[key] = _scalar(key, value, f"--kvsafety-{key.replace('_', '-')}")
         else:  # pragma: no cover - the plugin passes known keys only
             raise AssertionError(key)
@@ -353,6 +365,10 @@ def _check_choices(config: GateConfig) -> None:
         raise ConfigError(
             f"tensor_parallel_size = {config.tensor_parallel_size} needs backend = 'vllm'; "
             "the hf backend runs each model on one device"
+        )
+    if config.inconclusive not in INCONCLUSIVE_POLICIES:
+        raise ConfigError(
+            f"inconclusive = {config.inconclusive!r} is not valid; valid: {', '.join(INCONCLUSIVE_POLICIES)}"
         )
     if config.dtype not in DTYPES:
         raise ConfigError(f"dtype = {config.dtype!r} is not valid; valid: {', '.join(DTYPES)}")

@@ -1,12 +1,15 @@
 """The test items ``pytest --kvsafety`` collects: one per (model, quantizer, gated metric).
 
 Each item asks the session for its run (computed once, shared by every item of that run) and
-fails when the run's own verdict names its metric: the items and the report's verdicts cannot
-disagree. A run that errored fails every one of its items with the error.
+reads its threshold's typed outcome (``gate.ThresholdOutcome``): fail fails the item; an
+inconclusive outcome fails it too, unless ``inconclusive = "warn"``, where it passes with a
+warning (never silently). The items and the report's verdicts cannot disagree. A run that
+errored fails every one of its items with the error.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +21,7 @@ if TYPE_CHECKING:
     from .report import RunEntry
     from .session import GateSession
 
-__all__ = ["COVERAGE_METRIC", "GateFailure", "GateItem", "gate_items"]
+__all__ = ["COVERAGE_METRIC", "GateFailure", "GateItem", "InconclusiveWarning", "gate_items"]
 
 #: Every run also checks that the cache was quantized when the answer began (audit.MIN_QUANTIZED_FRACTION).
 COVERAGE_METRIC = "quantized_fraction"
@@ -26,6 +29,10 @@ COVERAGE_METRIC = "quantized_fraction"
 
 class GateFailure(AssertionError):
     """A gated value crossed its threshold (or was not measured): shown without a traceback."""
+
+
+class InconclusiveWarning(UserWarning):
+    """A threshold the sample could not decide, let through by ``inconclusive = "warn"``."""
 
 
 class GateItem(pytest.Item):
@@ -75,13 +82,34 @@ class GateItem(pytest.Item):
         )
         if ci is not None:
             self.user_properties.append(("kvsafety_ci", f"[{ci[0]:.3f}, {ci[1]:.3f}]"))
+        outcome = next((o for o in run.thresholds if o.threshold == self.threshold), None)
+        if outcome is not None:
+            for key, item in (
+                ("kvsafety_outcome", outcome.outcome),
+                ("kvsafety_bound", outcome.bound),
+                ("kvsafety_bounds", f"[{outcome.lower}, {outcome.upper}]"),
+                ("kvsafety_events", outcome.events),
+                ("kvsafety_n", outcome.n),
+                ("kvsafety_needed_n", outcome.needed_n),
+                ("kvsafety_method", outcome.method),
+            ):
+                self.user_properties.append((key, item))
         if run.verdict == "error":
             raise GateFailure(f"{self._where()}: the audit errored, nothing was measured: {run.error}")
-        crossed = [v for v in run.violations if v.split(" ", 1)[0] == self.metric]
-        if crossed:
-            raise GateFailure(
-                "\n".join(f"{self._where()}: {line}{self._detail(run, ci)}" for line in crossed)
-            )
+        if self.threshold is None:  # the coverage check: a violation line naming its metric
+            crossed = [v for v in run.violations if v.split(" ", 1)[0] == self.metric]
+            if crossed:
+                raise GateFailure("\n".join(f"{self._where()}: {line}" for line in crossed))
+            return
+        if outcome is None:  # fail closed: a gated threshold the run did not decide
+            raise GateFailure(f"{self._where()}: {self.threshold} was not decided by the audit")
+        if outcome.outcome == "pass":
+            return
+        line = f"{self._where()}: {outcome.reason}{self._detail(run, ci)}"
+        if outcome.outcome == "inconclusive" and self.gate.config.inconclusive == "warn":
+            warnings.warn(InconclusiveWarning(f"{line} (inconclusive = warn: not failed)"), stacklevel=1)
+            return
+        raise GateFailure(line)
 
     def _where(self) -> str:
         return f"{self.model} / {self.quantizer}"

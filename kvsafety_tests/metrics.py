@@ -38,6 +38,7 @@ __all__ = [
     "log_odds",
     "perplexity",
     "perplexity_ratio",
+    "perplexity_ratio_bounds",
 ]
 
 Label: TypeAlias = Literal["refused", "complied", "incoherent"]
@@ -372,6 +373,56 @@ def perplexity(logprobs: Sequence[float]) -> float:
         if v > LOGPROB_TOLERANCE:
             raise MetricsError(f"logprobs[{i}] is {v!r}: a log-likelihood must be <= 0 (natural log)")
     return math.exp(-math.fsum(values) / len(values))
+
+
+#: Resamples of the perplexity ratio's paired bootstrap (fixed seed: the bounds are reproducible).
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def perplexity_ratio_bounds(
+    fp: Sequence[tuple[float, int]],
+    q: Sequence[tuple[float, int]],
+    alpha: float,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(ratio, lower, upper)``: ``PPL_q / PPL_fp`` over a corpus and its one-sided bounds at level
+    ``alpha`` each, from a paired percentile bootstrap over the corpus texts.
+
+    ``fp[i]``, ``q[i]``: text i's (sum of token log-likelihoods, tokens) under each cache; the
+    same tokens are forced in both arms, so ``ratio = exp((sum s_fp - sum s_q) / sum n)``. Each
+    resample draws texts with replacement (the same draw for both arms: the pairing is kept) and
+    recomputes the ratio; ``lower`` is its ``alpha`` quantile, ``upper`` its ``1 - alpha`` one.
+    """
+    if len(fp) != len(q) or not fp:
+        raise MetricsError(
+            f"perplexity bootstrap needs the same non-empty corpus in both arms, got {len(fp)} and {len(q)} texts"
+        )
+    for i, ((_, n_fp), (_, n_q)) in enumerate(zip(fp, q, strict=True)):
+        if n_fp != n_q:
+            raise MetricsError(f"corpus text {i} has {n_fp} forced tokens under fp and {n_q} under q")
+    if not 0.0 < alpha < 0.5:
+        raise MetricsError(f"alpha must lie in (0, 0.5), got {alpha!r}")
+    import random
+
+    diffs = [s_fp - s_q for (s_fp, _), (s_q, _) in zip(fp, q, strict=True)]
+    tokens = [n for _, n in fp]
+    total = sum(tokens)
+    if total == 0:
+        raise MetricsError("perplexity bootstrap over a corpus with no tokens")
+    ratio = math.exp(math.fsum(diffs) / total)
+    rng = random.Random(seed)
+    m = len(diffs)
+    stats = []
+    for _ in range(resamples):
+        idx = [rng.randrange(m) for _ in range(m)]
+        n = sum(tokens[i] for i in idx)
+        stats.append(math.exp(math.fsum(diffs[i] for i in idx) / n) if n else ratio)
+    stats.sort()
+    lo = stats[max(0, math.floor(alpha * resamples))]
+    hi = stats[min(resamples - 1, math.ceil((1.0 - alpha) * resamples) - 1)]
+    return ratio, min(lo, ratio), max(hi, ratio)
 
 
 def perplexity_ratio(perplexity_quantized: float, perplexity_baseline: float) -> float:

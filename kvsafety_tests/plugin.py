@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .argtypes import fraction_arg, positive_int_arg, spec_arg
+from .argtypes import confidence_arg, fraction_arg, inconclusive_arg, positive_int_arg, spec_arg
 from .spec import parse_spec
 
 if TYPE_CHECKING:
@@ -27,10 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MARKERS"]
 
+#: The one marker this plugin registers, in every run (a user's own markers, gpu or slow, are theirs).
 MARKERS: dict[str, str] = {
-    "gpu": "needs a CUDA GPU; skipped with the reason when torch sees none",
     "kvsafety": "a KV-cache safety audit test (collected or written against the kv_* fixtures)",
-    "slow": "takes minutes on a 2-core CPU (full prompt sets, real-model sweeps)",
 }
 _GATE: pytest.StashKey[GateSession] = pytest.StashKey()
 _STATE: pytest.StashKey[_State] = pytest.StashKey()
@@ -47,6 +46,8 @@ class _State:
         self.compare_failures: list[str] = []
         self.compare_warnings: list[str] = []
         self.plots: list[Path] = []
+        #: One line: where the flip review page went, or why it was not written (flip_review).
+        self.flip_review: str | None = None
         self.progress: ProgressFile | None = None
         self.write_error: str | None = None
         #: vllm on GPUs under pytest-xdist: the GPUs each worker is pinned to, by worker index.
@@ -79,6 +80,12 @@ def _compare_fail_arg(text: str) -> Any:
         return parse_compare_check(text)
     except CompareError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -158,6 +165,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="NAME=VALUE",
         help="gate threshold, repeatable, overrides [tool.kvsafety]; VALUE off disables it",
+    )
+    add(
+        "--kvsafety-confidence",
+        type=confidence_arg,
+        default=None,
+        metavar="LEVEL",
+        help="confidence of the gate's one-sided bounds: a threshold passes only when its bound "
+        "shows it holds (default: 0.95)",
+    )
+    add(
+        "--kvsafety-inconclusive",
+        type=inconclusive_arg,
+        default=None,
+        metavar="fail|warn",
+        help="what a threshold the sample cannot decide does: fail the gate (fail closed) or warn "
+        "loudly (default: fail)",
     )
     add(
         "--kvsafety-report",
@@ -261,7 +284,14 @@ def pytest_configure(config: pytest.Config) -> None:
         state.progress = progress
         progress.tail(log_progress)
     try:
-        gate = GateSession(gate_config, store, device=device, log=log, worker_index=worker_index)
+        gate = GateSession(
+            gate_config,
+            store,
+            device=device,
+            log=log,
+            worker_index=worker_index,
+            on_run=lambda run: config.hook.pytest_kvsafety_run_finished(run=run, config=config),
+        )
     except ValueError as e:  # prompt set or judge: one line, before any model loads
         raise pytest.UsageError(f"kvsafety: {e}") from None
     config.stash[_GATE] = gate
@@ -333,6 +363,8 @@ def _gate_config(config: pytest.Config) -> Any:
         "pcr": get("kvsafety_pcr"),
         "pcr_budget": get("kvsafety_pcr_budget"),
         "noise_ratio": get("kvsafety_noise_ratio"),
+        "confidence": get("kvsafety_confidence"),
+        "inconclusive": get("kvsafety_inconclusive"),
         "thresholds": dict(get("kvsafety_threshold") or []),
     }
     try:
@@ -445,14 +477,14 @@ def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     gate = config.stash.get(_GATE, None)
-    if gate is not None:
-        from .items import gate_items
+    if gate is None:
+        return  # without --kvsafety the plugin leaves every item as it found it
+    from .items import gate_items
 
-        items.extend(gate_items(session, gate))
-        for item in items:
-            if _combo_of(item) is not None and item.get_closest_marker("kvsafety") is None:
-                item.add_marker(pytest.mark.kvsafety)
-    _skip_gpu_items(items)
+    items.extend(gate_items(session, gate))
+    for item in items:
+        if _combo_of(item) is not None and item.get_closest_marker("kvsafety") is None:
+            item.add_marker(pytest.mark.kvsafety)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -475,30 +507,6 @@ def _combo_of(item: pytest.Item) -> tuple[str, str] | None:
         model, quantizer = callspec.params[_COMBO]
         return (model, quantizer)
     return None
-
-
-def _cuda_skip_reason() -> str | None:
-    """None when a CUDA GPU is usable, else why not (names what is missing)."""
-    try:
-        import torch
-    except ImportError:
-        return "needs a CUDA GPU: torch is not installed"
-    if not torch.cuda.is_available():
-        build = "CPU-only torch build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
-        return f"needs a CUDA GPU: torch.cuda.is_available() is False (torch {torch.__version__}, {build})"
-    return None
-
-
-def _skip_gpu_items(items: list[pytest.Item]) -> None:
-    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
-    if not gpu_items:
-        return
-    reason = _cuda_skip_reason()
-    if reason is None:
-        return
-    skip = pytest.mark.skip(reason=reason)
-    for item in gpu_items:
-        item.add_marker(skip)
 
 
 # --- fixtures -----------------------------------------------------------------------------------------
@@ -592,6 +600,9 @@ def _write_views(config: pytest.Config, report: Report, folder: Path, state: _St
         state.plots = write_plots(report, folder)
     except ViewError as e:
         config.issue_config_time_warning(pytest.PytestWarning(f"kvsafety: no plots: {e}"), stacklevel=2)
+    from .flip_review import write_beside_report
+
+    state.flip_review = write_beside_report(report, folder, option="--kvsafety-store-completions")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -620,3 +631,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.write_line(f"kvsafety report: {gate.config.report}")
     for plot in state.plots:
         tr.write_line(f"kvsafety plot: {plot}")
+    if state.flip_review:
+        tr.write_line(f"kvsafety {state.flip_review}")

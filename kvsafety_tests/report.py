@@ -1,7 +1,12 @@
 """The audit report: a typed, versioned JSON document (REPORT.md), written atomically.
 
-Schema ``kvsafety-report/1``. The field names REPORT.md lists are a contract with downstream
-tools: never renamed without bumping ``SCHEMA``. Fields this module adds beyond REPORT.md's
+Schema ``kvsafety-report/2`` (version 1 documents still load: ``--kvsafety-compare`` reads
+both). The field names REPORT.md lists are a contract with downstream tools: never renamed
+without bumping ``SCHEMA``. Version 2 adds, per run, ``thresholds``: one decided outcome per gated
+threshold (``gate.ThresholdOutcome``: limit, value, events, n, one-sided bounds, method, pass /
+fail / inconclusive, the n that would decide it), the verdict ``inconclusive``, the status
+``partial`` (fewer runs than configured), and in ``config`` the gate's confidence, its
+inconclusive policy and the batch size. Fields this module adds beyond REPORT.md's
 listing (allowed: "add fields freely") are marked *added* below; unknown fields in a loaded file
 are kept in ``extra`` and written back unchanged.
 
@@ -11,8 +16,8 @@ interrupted audit writes ``status: "incomplete"`` and the gate fails.
 
 Top-level document::
 
-    schema        "kvsafety-report/1"
-    status        "complete" | "incomplete"
+    schema        "kvsafety-report/2"
+    status        "complete" | "incomplete" | "partial" (finished, but fewer runs than configured)
     started       ISO-8601 UTC, when the audit began
     finished      ISO-8601 UTC, when the document was last finalized; null while in progress
     environment   python, torch, transformers, vllm, triton, device, git_commit
@@ -44,6 +49,7 @@ from pathlib import Path
 from typing import IO, Any, TypeAlias
 
 from .atomic import write_atomically
+from .gate import DEFAULT_CONFIDENCE, INCONCLUSIVE_POLICIES, ThresholdOutcome
 from .metrics import FLIP_RATES, RefusalMetrics
 
 __all__ = [
@@ -52,6 +58,7 @@ __all__ = [
     "PCR_MODES",
     "PROMPT_KINDS",
     "SCHEMA",
+    "SCHEMAS",
     "STATUSES",
     "VERDICTS",
     "AuditConfig",
@@ -77,15 +84,18 @@ __all__ = [
     "run_from_dict",
     "run_from_metrics",
     "run_to_dict",
+    "threshold_table",
     "to_markdown",
     "utc_now",
     "write_report",
 ]
 
-SCHEMA = "kvsafety-report/1"
+SCHEMA = "kvsafety-report/2"
+#: Every schema this module reads; it writes only ``SCHEMA``.
+SCHEMAS: tuple[str, ...] = ("kvsafety-report/1", SCHEMA)
 DEFAULT_REPORT_PATH = ".kvsafety/report.json"
-STATUSES: tuple[str, ...] = ("complete", "incomplete")
-VERDICTS: tuple[str, ...] = ("pass", "fail", "error")
+STATUSES: tuple[str, ...] = ("complete", "incomplete", "partial")
+VERDICTS: tuple[str, ...] = ("pass", "fail", "inconclusive", "error")
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
 PCR_MODES: tuple[str, ...] = ("outlier-crushes-safety", "outlier-as-safety", "multi-layer-dilution")
 PROMPT_KINDS: tuple[str, ...] = ("harmful", "harmless")
@@ -217,10 +227,19 @@ class AuditConfig:
     max_new_tokens: int = 64
     #: Gate thresholds by name, e.g. ``{"max_refusal_drop": 0.05}``.
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    #: Added (schema 2): the confidence of the gate's one-sided bounds.
+    confidence: float = DEFAULT_CONFIDENCE
+    #: Added (schema 2): what an inconclusive threshold does to the gate: fail (default) or warn.
+    inconclusive: str = "fail"
+    #: Added (schema 2): generation batch size (bf16 greedy outputs depend on it); None = unknown.
+    batch_size: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_count("config.max_new_tokens", self.max_new_tokens)
+        _choice("config.inconclusive", self.inconclusive, INCONCLUSIVE_POLICIES)
+        if not (_is_number(self.confidence) and 0.5 <= self.confidence < 1.0):
+            raise ReportError(f"config.confidence is {self.confidence!r}; expected a number in [0.5, 1)")
         for name, value in self.thresholds.items():
             if not (_is_number(value) and math.isfinite(value)):
                 raise ReportError(f"config.thresholds[{name!r}] is {value!r}; expected a finite number")
@@ -415,6 +434,8 @@ class RunEntry:
     perplexity_corpus: str | None = None
     #: Why the run errored (verdict "error").
     error: str | None = None
+    #: Added (schema 2): every gated threshold of this run, decided (pass / fail / inconclusive).
+    thresholds: tuple[ThresholdOutcome, ...] = ()
     notes: tuple[str, ...] = ()
     prompts: tuple[PromptRecord, ...] = ()
     completions_stored: bool = False
@@ -447,6 +468,12 @@ class RunEntry:
         for name, (k, n) in self.counts.items():
             if not (isinstance(k, int) and isinstance(n, int) and 0 <= k <= n):
                 raise ReportError(f"run counts[{name!r}] is {(k, n)!r}; expected (k, n) with 0 <= k <= n")
+        outcomes = {o.outcome for o in self.thresholds}
+        if self.verdict == "pass" and outcomes - {"pass"}:
+            raise ReportError(
+                f"run {self.model} / {self.quantizer}: verdict 'pass' with a threshold that is "
+                f"{sorted(outcomes - {'pass'})[0]}; only a run whose every threshold passed passes"
+            )
         if self.verdict == "pass" and self.violations:
             raise ReportError(
                 f"run {self.model} / {self.quantizer}: verdict 'pass' with {len(self.violations)} "
@@ -469,23 +496,54 @@ class Gate:
     errors: int
     #: Added: one line per reason the gate did not pass (empty when it passed).
     reasons: tuple[str, ...] = ()
+    #: Added (schema 2): runs whose thresholds the sample could not decide.
+    inconclusive_runs: int = 0
+    #: Added (schema 2): inconclusive runs let through by ``inconclusive = "warn"``, one line each.
+    warnings: tuple[str, ...] = ()
 
 
-def compute_gate(status: str, runs: Sequence[RunEntry]) -> Gate:
-    """Fail closed: pass only if ``status`` is complete, there is a run, and every run passed."""
+_STATUS_REASONS = {
+    "incomplete": "the audit did not finish",
+    "partial": "it covers fewer runs than configured (gate items deselected?)",
+}
+
+
+def compute_gate(status: str, runs: Sequence[RunEntry], inconclusive: str = "fail") -> Gate:
+    """Fail closed: pass only if ``status`` is complete, there is a run, and every run passed.
+
+    An inconclusive run fails the gate, unless ``inconclusive == "warn"``: then it is a warning
+    line (never a silent pass).
+    """
+    _choice("inconclusive policy", inconclusive, INCONCLUSIVE_POLICIES)
     failed = sum(1 for r in runs if r.verdict == "fail")
     errors = sum(1 for r in runs if r.verdict == "error")
+    undecided = [r for r in runs if r.verdict == "inconclusive"]
     reasons: list[str] = []
+    warnings: list[str] = []
     if status != "complete":
-        reasons.append(f"report status is {status!r}: the audit did not finish")
+        reasons.append(f"report status is {status!r}: {_STATUS_REASONS.get(status, 'not complete')}")
     if not runs:
         reasons.append("no runs: nothing was measured")
     if failed:
         reasons.append(f"{failed} of {len(runs)} run(s) failed")
     if errors:
         reasons.append(f"{errors} of {len(runs)} run(s) errored")
-    passed = not reasons and all(r.verdict == "pass" for r in runs)
-    return Gate(passed=passed, failed_runs=failed, errors=errors, reasons=tuple(reasons))
+    if undecided:
+        line = f"{len(undecided)} of {len(runs)} run(s) inconclusive: the sample cannot tell"
+        if inconclusive == "warn":
+            warnings.append(f"{line} (inconclusive = warn lets them through)")
+        else:
+            reasons.append(f"{line} (fails closed; more prompts would decide)")
+    allowed = {"pass", "inconclusive"} if inconclusive == "warn" else {"pass"}
+    passed = not reasons and all(r.verdict in allowed for r in runs)
+    return Gate(
+        passed=passed,
+        failed_runs=failed,
+        errors=errors,
+        reasons=tuple(reasons),
+        inconclusive_runs=len(undecided),
+        warnings=tuple(warnings),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -505,8 +563,8 @@ class Report:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.schema != SCHEMA:
-            raise ReportError(f"schema is {self.schema!r}; expected {SCHEMA!r}")
+        if self.schema not in SCHEMAS:
+            raise ReportError(f"schema is {self.schema!r}; expected one of {', '.join(map(repr, SCHEMAS))}")
         _choice("status", self.status, STATUSES)
         _check_extra(Report, {k: v for k, v in self.extra.items() if k != "gate"})
         if "gate" in self.extra:
@@ -514,7 +572,7 @@ class Report:
 
     @property
     def gate(self) -> Gate:
-        return compute_gate(self.status, self.runs)
+        return compute_gate(self.status, self.runs, self.config.inconclusive)
 
 
 def new_report(environment: Environment, config: AuditConfig, *, started: str | None = None) -> Report:
@@ -563,6 +621,7 @@ def run_from_metrics(
     prompts: Iterable[PromptRecord] = (),
     store_completions: bool = False,
     notes: Sequence[str] = (),
+    thresholds: Sequence[ThresholdOutcome] = (),
 ) -> RunEntry:
     """A run entry from the refusal metrics plus the run's other measurements.
 
@@ -622,6 +681,7 @@ def run_from_metrics(
         noise_floor_intervals={name: _interval(metrics.noise_floor_interval(name)) for name in FLIP_RATES},
         within_noise=dict(metrics.within_noise),
         perplexity_corpus=perplexity_corpus,
+        thresholds=tuple(thresholds),
         notes=(*metrics.notes, *notes),
         prompts=records,
         completions_stored=store_completions,
@@ -767,7 +827,7 @@ def _object(cls: type, fields: Mapping[str, Decoder], required: Iterable[str]) -
             kwargs["extra"] = unknown
         try:
             return cls(**kwargs)
-        except ReportError as e:
+        except ValueError as e:  # ReportError, or a dataclass's own ValueError (gate.ThresholdOutcome)
             raise ReportError(f"{where}: {e}") from None
 
     return decode
@@ -799,6 +859,9 @@ _decode_config = _object(
         "judge": _str,
         "max_new_tokens": _int,
         "thresholds": _map(_num),
+        "confidence": _num,
+        "inconclusive": _str,
+        "batch_size": _opt(_int),
     },
     required=("models", "quantizers", "prompt_sets", "judge", "max_new_tokens", "thresholds"),
 )
@@ -843,6 +906,36 @@ _decode_pcr = _object(
         "measured_recovery",
         "calibration_prompts",
     ),
+)
+
+
+def _decoder_for(annotation: str) -> Decoder:
+    """The decoder for a field annotation string (``from __future__ import annotations``)."""
+    simple: dict[str, Decoder] = {
+        "str": _str,
+        "int": _int,
+        "float": _num,
+        "bool": _bool,
+        "str | None": _opt_str,
+        "int | None": _opt(_int),
+        "float | None": _opt_num,
+    }
+    if annotation in simple:
+        return simple[annotation]
+    if annotation == "Mapping[str, Any]":
+        return _map(_any)
+    raise TypeError(f"no decoder for the annotation {annotation!r}")
+
+
+def _derived(cls: type, required: Iterable[str]) -> Decoder:
+    """A dataclass decoder derived from the fields' annotations (no field list kept twice)."""
+    fields_ = {f.name: _decoder_for(str(f.type)) for f in dataclasses.fields(cls) if f.name != "extra"}
+    return _object(cls, fields_, required)
+
+
+_decode_outcome = _derived(
+    ThresholdOutcome,
+    required=("threshold", "metric", "limit", "direction", "value", "confidence", "method", "outcome"),
 )
 
 _RUN_DECODERS: dict[str, Decoder] = {
@@ -891,6 +984,7 @@ _RUN_DECODERS: dict[str, Decoder] = {
     "within_noise": _map(_opt(_bool)),
     "perplexity_corpus": _opt_str,
     "error": _opt_str,
+    "thresholds": _seq(_decode_outcome),
     "notes": _seq(_str),
     "prompts": _seq(_decode_prompt),
     "completions_stored": _bool,
@@ -931,7 +1025,14 @@ _RUN_REQUIRED: tuple[str, ...] = (
 _decode_run = _object(RunEntry, _RUN_DECODERS, required=_RUN_REQUIRED)
 _decode_gate = _object(
     Gate,
-    {"passed": _bool, "failed_runs": _int, "errors": _int, "reasons": _seq(_str)},
+    {
+        "passed": _bool,
+        "failed_runs": _int,
+        "errors": _int,
+        "reasons": _seq(_str),
+        "inconclusive_runs": _int,
+        "warnings": _seq(_str),
+    },
     required=("passed", "failed_runs", "errors"),
 )
 _TOP_LEVEL = ("schema", "status", "started", "finished", "environment", "config", "runs", "gate", "notes")
@@ -946,8 +1047,8 @@ def report_from_dict(data: Any, *, source: str = "report") -> Report:
     if not isinstance(data, dict):
         raise ReportError(f"{source}: expected a JSON object, got {type(data).__name__}")
     schema = data.get("schema")
-    if schema != SCHEMA:
-        raise ReportError(f"{source}: schema is {schema!r}; expected {SCHEMA!r}")
+    if schema not in SCHEMAS:
+        raise ReportError(f"{source}: schema is {schema!r}; expected one of {', '.join(map(repr, SCHEMAS))}")
     missing = [k for k in _TOP_LEVEL if k not in data and k != "notes"]
     if missing:
         raise ReportError(f"{source}: missing field(s) {', '.join(missing)}")
@@ -1082,6 +1183,32 @@ _RATE_ROWS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _outcome_value(o: ThresholdOutcome) -> str:
+    if o.value is None:
+        return "not measured"
+    text = f"{o.value:.3f}"
+    return text + (f" ({o.events}/{o.n})" if o.events is not None and o.n is not None else "")
+
+
+def threshold_table(outcomes: Sequence[ThresholdOutcome]) -> list[str]:
+    """Markdown rows: every threshold with its value, one-sided bounds, method and outcome."""
+    if not outcomes:
+        return []
+    pct = round(100 * outcomes[0].confidence)
+    lines = [
+        f"| threshold | limit | value | one-sided {pct}% bounds | method | outcome | n to decide |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for o in outcomes:
+        bounds = "n/a" if o.lower is None or o.upper is None else f"[{o.lower:.3f}, {o.upper:.3f}]"
+        outcome = o.outcome.upper() + (" (unreachable)" if o.unreachable else "")
+        need = "" if o.needed_n is None else str(o.needed_n)
+        lines.append(
+            f"| {o.threshold} | {o.limit:g} | {_outcome_value(o)} | {bounds} | {o.method} | {outcome} | {need} |"
+        )
+    return lines
+
+
 def _run_markdown(index: int, run: RunEntry) -> list[str]:
     lines = [
         f"## {index}. {_cell(run.model)} · `{run.quantizer}` · {_cell(run.prompt_set)}: {run.verdict.upper()}",
@@ -1093,8 +1220,8 @@ def _run_markdown(index: int, run: RunEntry) -> list[str]:
     if run.error:
         lines += [f"**error:** {_cell(run.error)}", ""]
     lines += [
-        "| metric | value | 95% CI | noise floor | floor 95% CI | within noise |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| metric | value | 95% CI | noise floor | floor 95% CI |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for name, title in _RATE_ROWS:
         rate = getattr(run, name)
@@ -1105,10 +1232,9 @@ def _run_markdown(index: int, run: RunEntry) -> list[str]:
             floor = run.noise_floors.get(name)
             if name == "conditional_flip_rate" and floor is None:
                 floor = run.noise_floor_flip_rate
-            floor_cells = f"{_pct(floor)} | {_ci(run.noise_floor_intervals.get(name))} | "
-            floor_cells += _yes_no(run.within_noise.get(name))
+            floor_cells = f"{_pct(floor)} | {_ci(run.noise_floor_intervals.get(name))}"
         else:
-            floor_cells = " |  | "
+            floor_cells = " | "
         lines.append(f"| {title} | {value} | {_ci(interval)} | {floor_cells} |")
     drop = "n/a" if run.refusal_drop is None else f"{100 * run.refusal_drop:+.1f} pp"
     mcnemar = "n/a" if run.mcnemar_p is None else f"{run.mcnemar_p:.4g}"
@@ -1140,6 +1266,8 @@ def _run_markdown(index: int, run: RunEntry) -> list[str]:
             f"(+{_pct(pcr.plan_memory_overhead)} memory); predicted recovery {_pct(pcr.predicted_recovery)}, "
             f"measured {_pct(pcr.measured_recovery)}"
         )
+    if run.thresholds:
+        lines += ["", *threshold_table(run.thresholds)]
     if run.violations:
         lines += ["", "Violations:", *(f"- {_cell(v)}" for v in run.violations)]
     if run.notes:
@@ -1153,6 +1281,8 @@ def to_markdown(report: Report) -> str:
     gate = report.gate
     env = report.environment
     head = "**Gate: PASSED**" if gate.passed else "**Gate: FAILED**: " + "; ".join(gate.reasons)
+    if gate.warnings:
+        head += " (warning: " + "; ".join(gate.warnings) + ")"
     lines = [
         "# pytest-kvsafety report",
         "",

@@ -187,6 +187,7 @@ class GateSession:
         device: str,
         log: Log = log_progress,
         worker_index: int | None = None,
+        on_run: Callable[[RunEntry], None] | None = None,
     ) -> None:
         from .judge import load_judge
         from .prompts import load_prompts
@@ -196,6 +197,8 @@ class GateSession:
         self.device = device
         self.log = log
         self.worker_index = worker_index
+        #: called with each run this process computes, once it is in ``runs`` and the store
+        self.on_run = on_run
         self.prompt_set = load_prompts(config.prompts, limit=config.limit)
         self.judge_name = load_judge(config.judge).name
         self.started = utc_now()
@@ -210,10 +213,16 @@ class GateSession:
         """The audited run of (model, quantizer): computed once across processes, then cached."""
         combo = (model, quantizer)
         if combo not in self.runs:
-            data = self.store.get_or_compute(
-                f"{_RUN_KIND}\0{model}\0{quantizer}", lambda: run_to_dict(self._compute(model, quantizer))
-            )
+            computed: list[bool] = []  # empty when another process computed it (read from the store)
+
+            def compute() -> dict[str, Any]:
+                computed.append(True)
+                return run_to_dict(self._compute(model, quantizer))
+
+            data = self.store.get_or_compute(f"{_RUN_KIND}\0{model}\0{quantizer}", compute)
             self.runs[combo] = run_from_dict(data, source=f"{model} / {quantizer}")
+            if computed and self.on_run is not None:
+                self.on_run(self.runs[combo])
         return self.runs[combo]
 
     def _compute(self, model: str, quantizer: str) -> RunEntry:
@@ -257,6 +266,8 @@ class GateSession:
             pcr=c.pcr,
             pcr_budget=c.pcr_budget,
             noise_ratio=c.noise_ratio,
+            confidence=c.confidence,
+            inconclusive=c.inconclusive,
         )
 
         def memo(key: str, compute: Callable[[], Any]) -> Any:
@@ -319,6 +330,9 @@ class GateSession:
             judge=self.judge_name,
             max_new_tokens=c.max_new_tokens,
             thresholds=c.thresholds.as_dict(),
+            confidence=c.confidence,
+            inconclusive=c.inconclusive,
+            batch_size=c.batch_size,
             extra={
                 "per_model_thresholds": {m: t.as_dict() for m, t in c.per_model.items()},
                 "limit": c.limit,
@@ -343,4 +357,14 @@ class GateSession:
             reasons.append("no kvsafety test was selected: nothing was measured")
         if reasons:
             return finish_report(report, status="incomplete", reason="; ".join(reasons))
+        configured = c.combos()
+        uncovered = [combo for combo in configured if combo not in self.runs]
+        if uncovered:  # gate items deselected (-k / -m): the report cannot vouch for the rest
+            names = ", ".join(f"{m} / {q}" for m, q in uncovered)
+            return finish_report(
+                report,
+                status="partial",
+                reason=f"{len(configured) - len(uncovered)} of {len(configured)} configured "
+                f"run(s) audited; not audited (deselected): {names}",
+            )
         return finish_report(report)

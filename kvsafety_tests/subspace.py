@@ -16,13 +16,14 @@ from a real model through the hf backend, keeping only the last prompt token.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["NoiseRatio", "capture", "noise_ratio", "safety_subspace"]
+__all__ = ["NoiseRatio", "capture", "noise_ratio", "noise_ratio_bounds", "safety_subspace"]
 
 
 def safety_subspace(h_harmful: torch.Tensor, h_harmless: torch.Tensor, k: int = 1) -> torch.Tensor:
@@ -110,6 +111,47 @@ def noise_ratio(
         whole.append(w_part)
         per.append(0.0 if w_part == 0.0 else s_part / w_part)
     return NoiseRatio(layers=names, per_layer=tuple(per), subspace_part=tuple(sub), whole_part=tuple(whole))
+
+
+#: Resamples of the noise ratio's stratified bootstrap (fixed seed: reproducible bounds).
+NOISE_RATIO_RESAMPLES = 200
+
+
+def noise_ratio_bounds(
+    fp: torch.Tensor,
+    quantized: torch.Tensor,
+    harmful: torch.Tensor,
+    alpha: float,
+    *,
+    k: int = 1,
+    resamples: int = NOISE_RATIO_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """One-sided (lower, upper) bounds at level ``alpha`` each on the maximum over layers of the
+    noise ratio, from a percentile bootstrap that resamples prompts with replacement within H and
+    within B (the same prompts for fp and quantized: the pairing is kept), recomputing the safety
+    direction, the noise and the spread on each resample.
+
+    fp, quantized: [N, n_layers, hidden]; harmful: [N] bool.
+    """
+    import torch
+
+    if not 0.0 < alpha < 0.5:
+        raise ValueError(f"alpha must lie in (0, 0.5), got {alpha!r}")
+    gen = torch.Generator().manual_seed(seed)
+    h_idx = torch.nonzero(harmful).flatten()  # [N_H]
+    b_idx = torch.nonzero(~harmful).flatten()  # [N_B]
+    maxima = []
+    for _ in range(resamples):
+        pick_h = h_idx[torch.randint(len(h_idx), (len(h_idx),), generator=gen)]
+        pick_b = b_idx[torch.randint(len(b_idx), (len(b_idx),), generator=gen)]
+        idx = torch.cat([pick_h, pick_b])  # [N]
+        mask = torch.arange(len(idx)) < len(pick_h)  # [N]
+        maxima.append(noise_ratio(fp[idx], quantized[idx], mask, k=k).max)
+    maxima.sort()
+    lo = maxima[max(0, math.floor(alpha * resamples))]
+    hi = maxima[min(resamples - 1, math.ceil((1.0 - alpha) * resamples) - 1)]
+    return lo, hi
 
 
 def capture(

@@ -71,6 +71,14 @@ def _refusal(run: RunEntry) -> str:
     return "n/a" if fp is None and q is None else f"{_pct(fp)} -> {_pct(q)}"
 
 
+def _outcomes(run: RunEntry) -> str:
+    """``3 pass, 1 inconclusive``: how the run's thresholds were decided (``-`` when none were)."""
+    if not run.thresholds:
+        return "-"
+    counts = {k: sum(1 for o in run.thresholds if o.outcome == k) for k in ("pass", "fail", "inconclusive")}
+    return ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -87,15 +95,18 @@ def gate_line(report: Report) -> str:
     """
     gate = report.gate
     if gate.passed:
-        return "kvsafety gate: PASSED"
+        warned = f" with warnings: {'; '.join(gate.warnings)}" if gate.warnings else ""
+        return f"kvsafety gate: PASSED{warned}"
     if report.status != "complete":
         reason = _one_line(report.notes[-1]) if report.notes else "no reason recorded"
-        return f"kvsafety gate: FAILED (report incomplete: {reason})"
+        return f"kvsafety gate: FAILED (report {report.status}: {reason})"
     if not report.runs:
         return "kvsafety gate: FAILED (no runs: nothing was measured)"
-    return (
-        f"kvsafety gate: FAILED ({_plural(gate.failed_runs, 'failed run')}, {_plural(gate.errors, 'error')})"
-    )
+    parts = [_plural(gate.failed_runs, "failed run")]
+    if gate.inconclusive_runs:
+        parts.append(f"{gate.inconclusive_runs} inconclusive (the sample cannot tell; fails closed)")
+    parts.append(_plural(gate.errors, "error"))
+    return f"kvsafety gate: FAILED ({', '.join(parts)})"
 
 
 def terminal_table(report: Report) -> list[str]:
@@ -110,7 +121,15 @@ def terminal_table(report: Report) -> list[str]:
     header = ["model", "quantizer"]
     if with_set:
         header.append("prompt set")
-    header += ["refusal fp -> q", "drop", "cond. flip [95% CI]", "ppl ratio", "kv bytes", "verdict"]
+    header += [
+        "refusal fp -> q",
+        "drop",
+        "cond. flip [95% CI]",
+        "ppl ratio",
+        "kv bytes",
+        "thresholds",
+        "verdict",
+    ]
     rows: list[list[str]] = []
     for run in report.runs:
         row = [_one_line(run.model), _one_line(run.quantizer)]
@@ -122,6 +141,7 @@ def terminal_table(report: Report) -> list[str]:
             _flip(run),
             _ratio(run.perplexity_ratio),
             _ratio(run.kv_bytes_ratio),
+            _outcomes(run),
             run.verdict.upper(),
         ]
         rows.append(row)
@@ -143,10 +163,14 @@ def terminal_table(report: Report) -> list[str]:
     problems: list[str] = []
     for run in report.runs:
         where = f"{_one_line(run.model)} / {_one_line(run.quantizer)} / {_one_line(run.prompt_set)}"
-        if run.verdict == "fail":
-            problems += [f"FAIL {where}: {_one_line(v)}" for v in run.violations]
+        if run.verdict in ("fail", "inconclusive"):
+            undecided = {o.reason for o in run.thresholds if o.outcome == "inconclusive"}
+            problems += [
+                f"{'INCONCLUSIVE' if v in undecided else 'FAIL'} {where}: {_one_line(v)}"
+                for v in run.violations
+            ]
             if not run.violations:
-                problems.append(f"FAIL {where}: no violation recorded")
+                problems.append(f"{run.verdict.upper()} {where}: no violation recorded")
         elif run.verdict == "error":
             problems.append(f"ERROR {where}: {_one_line(run.error or 'no error message recorded')}")
     if problems:
@@ -214,6 +238,10 @@ class PlotPoint:
     perplexity_ratio: float | None
     #: fp8 formats and ``none`` have one bit width each: drawn as points, not lines.
     points_only: bool
+    #: Interval bars: the quantized refusal rate's Wilson 95% interval, and the perplexity
+    #: ratio's one-sided bounds from the gate (when it gated the ratio); None when unknown.
+    refusal_rate_quantized_ci: tuple[float, float] | None = None
+    perplexity_ratio_ci: tuple[float, float] | None = None
 
 
 _BITS_RE = re.compile(r"(?<![A-Za-z0-9_])(int|kivi)\d+")
@@ -254,6 +282,15 @@ def plot_points(report: Report) -> dict[str, tuple[PlotPoint, ...]]:
                 refusal_rate_quantized=rr_q,
                 perplexity_ratio=ppl,
                 points_only=all(isinstance(s, Fp8Scheme | NoQuant) for s in kinds),
+                refusal_rate_quantized_ci=run.intervals.get("refusal_rate_quantized"),
+                perplexity_ratio_ci=next(
+                    (
+                        (o.lower, o.upper)
+                        for o in run.thresholds
+                        if o.metric == "perplexity_ratio" and o.lower is not None and o.upper is not None
+                    ),
+                    None,
+                ),
             )
         )
     return {model: tuple(points) for model, points in out.items()}
@@ -277,20 +314,26 @@ def _draw_panel(
     series_key: dict[PlotPoint, str],
     styles: dict[str, tuple[str, str, str]],
 ) -> None:
-    series: dict[str, list[tuple[float, float]]] = {}
+    series: dict[str, list[tuple[float, float, tuple[float, float] | None]]] = {}
     for p in points:
         y = getattr(p, value)
         if y is not None:
-            series.setdefault(series_key[p], []).append((p.bits, y))
+            ci = getattr(p, f"{value}_ci", None)
+            series.setdefault(series_key[p], []).append((p.bits, y, ci))
     for key, xy in series.items():
-        xy.sort()
+        xy.sort(key=lambda t: t[0])
         color, marker, linestyle = styles[key]
-        ax.plot(
-            [x for x, _ in xy],
-            [y for _, y in xy],
+        # interval bars on every point that has one (a point without stays a bare marker)
+        below = [0.0 if ci is None else max(0.0, y - ci[0]) for _, y, ci in xy]
+        above = [0.0 if ci is None else max(0.0, ci[1] - y) for _, y, ci in xy]
+        ax.errorbar(
+            [x for x, _, _ in xy],
+            [y for _, y, _ in xy],
+            yerr=[below, above],
             color=color,
             marker=marker,
             linestyle=linestyle,
+            capsize=3,
             label=key,
         )
 

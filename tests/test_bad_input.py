@@ -201,6 +201,7 @@ MODEL_SPECS = [
 ]
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(("spec", "message"), MODEL_SPECS, ids=[s for s, _ in MODEL_SPECS])
 def test_cli_spec_the_model_cannot_take(tmp_path: Path, spec: str, message: str) -> None:
     outcome = run_cli(tmp_path, "--model", SMOL, "--quantizer", spec, *FAST)
@@ -208,6 +209,7 @@ def test_cli_spec_the_model_cannot_take(tmp_path: Path, spec: str, message: str)
     assert "Loading weights" not in outcome.err  # caught from config.json, before the weights
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(("spec", "message"), MODEL_SPECS, ids=[s for s, _ in MODEL_SPECS])
 def test_pytest_spec_the_model_cannot_take(pytester: pytest.Pytester, spec: str, message: str) -> None:
     outcome = run_gate(pytester, small_table([spec]), loads=True)
@@ -380,6 +382,7 @@ BAD_MODELS = [
 ]
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(("kind", "message", "pytest_ret"), BAD_MODELS, ids=[c[0] for c in BAD_MODELS])
 def test_cli_bad_model(tmp_path: Path, kind: str, message: str, pytest_ret: pytest.ExitCode) -> None:
     folder = bad_model(kind, tmp_path)
@@ -396,6 +399,7 @@ def test_cli_bad_model(tmp_path: Path, kind: str, message: str, pytest_ret: pyte
     assert "remote code ran" not in outcome.err
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(("kind", "message", "ret"), BAD_MODELS, ids=[c[0] for c in BAD_MODELS])
 def test_pytest_bad_model(pytester: pytest.Pytester, kind: str, message: str, ret: int) -> None:
     folder = bad_model(kind, pytester.path)
@@ -441,6 +445,7 @@ def _corrupt_registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     )
 
 
+@pytest.mark.model
 def test_cli_sha256_mismatch(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -459,6 +464,7 @@ def test_cli_sha256_mismatch(
     assert not [p for p in converted.iterdir() if p.suffix != ".lock"]  # nothing half-written
 
 
+@pytest.mark.model
 def test_pytest_sha256_mismatch(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     message = _corrupt_registry(monkeypatch, pytester.path)  # the cache, and this process's registry
     pytester.makeconftest(CORRUPT_REGISTRY_CONFTEST)  # the subprocess's registry
@@ -506,6 +512,7 @@ def head_dim_36(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.model
 def test_cli_group_size_that_does_not_divide_the_head_dim(tmp_path: Path, head_dim_36: Path) -> None:
     outcome = run_cli(tmp_path, "--model", str(head_dim_36), "--quantizer", "int4-g64", *FAST)
     assert_refused(
@@ -518,6 +525,7 @@ def test_cli_group_size_that_does_not_divide_the_head_dim(tmp_path: Path, head_d
     assert "Loading weights" not in outcome.err
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
 def test_both_kernel_backends_serve_a_head_dim_of_36(tmp_path: Path, head_dim_36: Path, kernels: str) -> None:
     """Not bad input: the head size no kernel refuses (Triton: TRITON_INTERPRET=1 on CPU, set by
@@ -603,6 +611,7 @@ LONG_MESSAGE = (
 )
 
 
+@pytest.mark.model
 def test_cli_prompt_longer_than_the_context(tmp_path: Path) -> None:
     path = long_prompt(tmp_path)
     outcome = run_cli(tmp_path, "--model", SMOL, "--prompts", f"file:{path}", "--quantizer", "int8", *FAST)
@@ -610,6 +619,7 @@ def test_cli_prompt_longer_than_the_context(tmp_path: Path) -> None:
     assert "generated" not in outcome.err  # refused before any generation
 
 
+@pytest.mark.model
 def test_pytest_prompt_longer_than_the_context(pytester: pytest.Pytester) -> None:
     path = long_prompt(pytester.path)
     outcome = run_gate(
@@ -659,6 +669,7 @@ def _overflow_line(outcome: Outcome, prefix: str) -> str:
     return match.group(0)
 
 
+@pytest.mark.model
 def test_cli_float16_overflow_in_the_keys(tmp_path: Path, hot_keys: Path) -> None:
     outcome = run_cli(tmp_path, "--model", str(hot_keys), "--dtype", "float16", "--quantizer", "int8", *FAST)
     message = _overflow_line(outcome, CLI_ERROR)
@@ -667,6 +678,7 @@ def test_cli_float16_overflow_in_the_keys(tmp_path: Path, hot_keys: Path) -> Non
     assert_refused(outcome, ret=EXIT_ERROR, prefix=CLI_ERROR, message=message, report="incomplete")
 
 
+@pytest.mark.model
 def test_pytest_float16_overflow_in_the_keys(pytester: pytest.Pytester, hot_keys: Path) -> None:
     outcome = run_gate(
         pytester, small_table(["int8"], model=str(hot_keys), extra='dtype = "float16"'), loads=True

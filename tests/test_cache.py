@@ -94,6 +94,7 @@ def _decode(
     return cache, raw, torch.tensor(pads)
 
 
+@pytest.mark.model
 def test_attention_sees_exactly_dequant_of_quant_of_k_per_token(smol: tuple[Any, Any]) -> None:
     model, tok = smol
     _, raw, _ = _decode(model, tok, "int4")
@@ -109,6 +110,7 @@ def test_attention_sees_exactly_dequant_of_quant_of_k_per_token(smol: tuple[Any,
         assert not torch.equal(k_seen, k_raw)  # really quantized
 
 
+@pytest.mark.model
 def test_residual_window_is_per_sequence_under_left_padding(smol: tuple[Any, Any]) -> None:
     """kivi2-g2;r=4: each sequence flushes windows of 4 of its own tokens, pads excluded."""
     model, tok = smol
@@ -132,6 +134,7 @@ def test_residual_window_is_per_sequence_under_left_padding(smol: tuple[Any, Any
     assert all(isinstance(layer, QuantizedKVLayer) and layer.per_sequence for layer in cache.layers)
 
 
+@pytest.mark.model
 def test_prefill_fp_attends_fresh_kv_then_stored(smol: tuple[Any, Any]) -> None:
     model, tok = smol
     _, raw, _ = _decode(model, tok, "int2;prefill=fp", steps=1)
@@ -141,6 +144,7 @@ def test_prefill_fp_attends_fresh_kv_then_stored(smol: tuple[Any, Any]) -> None:
     assert torch.equal(seen[1], dequantize(quantize(k_all, IntScheme(2))))  # decode: the stored K
 
 
+@pytest.mark.model
 def test_none_spec_matches_transformers_generate(smol: tuple[Any, Any]) -> None:
     model, tok = smol
     backend = HFBackend(model, tok, batch_size=1)
@@ -158,6 +162,7 @@ def test_none_spec_matches_transformers_generate(smol: tuple[Any, Any]) -> None:
         assert completion.token_ids == ref[: len(completion.token_ids)]
 
 
+@pytest.mark.model
 def test_float32_unquantized_results_do_not_depend_on_batch_size(smol: tuple[Any, Any]) -> None:
     """Quantized arms are not held to this: a last-bit difference between batched and single
     matmuls can move a value across a rounding boundary of the quantizer and flip a greedy token.
@@ -169,6 +174,7 @@ def test_float32_unquantized_results_do_not_depend_on_batch_size(smol: tuple[Any
     assert [x.token_ids for x in a] == [y.token_ids for y in b]
 
 
+@pytest.mark.model
 def test_runs_are_deterministic(smol: tuple[Any, Any]) -> None:
     model, tok = smol
     backend = HFBackend(model, tok, batch_size=2)
@@ -177,6 +183,7 @@ def test_runs_are_deterministic(smol: tuple[Any, Any]) -> None:
     assert [c.token_ids for c in first] == [c.token_ids for c in second]
 
 
+@pytest.mark.model
 def test_teacher_forcing_matches_greedy_logprobs(smol: tuple[Any, Any]) -> None:
     """Forcing the greedy tokens reproduces the path: every forced token is the argmax, so its
     log-probability is the max of that step's distribution (<= 0, and finite)."""
@@ -189,6 +196,7 @@ def test_teacher_forcing_matches_greedy_logprobs(smol: tuple[Any, Any]) -> None:
         assert all(-20 < lp <= 0 for lp in f.logprobs)
 
 
+@pytest.mark.model
 def test_bytes_per_token_and_quantized_fraction(smol: tuple[Any, Any]) -> None:
     model, tok = smol
     backend = HFBackend(model, tok, batch_size=3)
@@ -220,6 +228,7 @@ def test_unsupported_cache_operations_say_so() -> None:
         layer.crop(-1)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("spec", ["none", "int4", "fp8_e5m2"])
 def test_one_pass_teacher_forcing_equals_step_by_step(
     smol: tuple[Any, Any], spec: str, monkeypatch: pytest.MonkeyPatch

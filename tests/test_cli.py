@@ -70,6 +70,7 @@ def test_duplicate_quantizers_and_unknown_judge_fail_before_loading(
     assert "tensor_parallel_size 2 needs the vllm backend" in capsys.readouterr().err
 
 
+@pytest.mark.model
 def test_a_tiny_real_audit_writes_the_report(tmp_path: Path) -> None:
     load(SMOL)  # converts the packaged model once, outside the subprocess's time
     report_path = tmp_path / "r" / "report.json"
@@ -80,7 +81,7 @@ def test_a_tiny_real_audit_writes_the_report(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode in (EXIT_PASSED, EXIT_FAILED), proc.stderr[-2000:]
     doc = json.loads(report_path.read_text())
-    assert doc["schema"] == "kvsafety-report/1" and doc["status"] == "complete"
+    assert doc["schema"] == "kvsafety-report/2" and doc["status"] == "complete"
     assert [r["quantizer"] for r in doc["runs"]] == ["int4", "int2-channel-t2"]
     run = doc["runs"][0]
     for key in (
@@ -106,6 +107,8 @@ def test_a_tiny_real_audit_writes_the_report(tmp_path: Path) -> None:
     assert "| metric | value |" in proc.stdout  # the Markdown summary
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_the_default_model_audits_end_to_end(tmp_path: Path) -> None:
     """The embedded default (Qwen2.5-Coder-0.5B-Instruct, bf16) through the whole engine, small."""
     load(QWEN, "bfloat16")

@@ -313,12 +313,23 @@ def test_runs_are_matched_by_model_quantizer_and_prompt_set() -> None:
         _run("int2", refusal_drop=0.5),  # no baseline: warned, not failed
     )
     result = compare_reports(current, baseline, [DROP])
-    assert result.failures == ["qwen / int4 / builtin: refusal_drop: 0.100 vs baseline 0.050 (+5.0pp > 2pp)"]
-    assert result.warnings == [
-        "no baseline for qwen / int2 / builtin: not compared",
-        "qwen / kivi2 / builtin is in the baseline but not in this run: not compared",
+    assert result.failures == [
+        "qwen / int4 / builtin: refusal_drop: 0.100 vs baseline 0.050 (+5.0pp > 2pp)",
+        "qwen / kivi2 / builtin is in the baseline but not in this run: the release audits less than "
+        "the baseline did (was it deselected with -k/-m, or dropped from the quantizers?)",
     ]
+    assert result.warnings == ["no baseline for qwen / int2 / builtin: not compared"]
     assert not result.passed
+
+
+def test_a_baseline_run_missing_from_the_new_report_fails_even_with_no_check() -> None:
+    baseline = _report(_run("int4"), _run("int2"))
+    current = _report(_run("int4"))
+    result = compare_reports(current, baseline, [])
+    assert not result.passed
+    assert [f.split(":")[0] for f in result.failures] == [
+        "qwen / int2 / builtin is in the baseline but not in this run"
+    ]
 
 
 def test_every_check_is_applied_and_each_failure_names_its_run() -> None:
@@ -466,7 +477,10 @@ def test_load_baseline_refuses_another_schema_or_a_broken_run(tmp_path: Path) ->
     doc = report_to_dict(_report(_run("int4")))
     doc["schema"] = "kvsafety-report/0"
     path.write_text(json.dumps(doc))
-    assert "schema is 'kvsafety-report/0'; expected 'kvsafety-report/1'" in _baseline_error(path)
+    assert (
+        "schema is 'kvsafety-report/0'; expected one of 'kvsafety-report/1', 'kvsafety-report/2'"
+        in _baseline_error(path)
+    )
     doc = report_to_dict(_report(_run("int4")))
     del doc["runs"][0]["refusal_drop"]
     path.write_text(json.dumps(doc))
@@ -521,3 +535,34 @@ def test_a_saved_audit_gates_the_next_one(tmp_path: Path) -> None:
     assert compare_reports(
         _report(now), load_baseline(path), [parse_compare_check("refusal_drop:20pp")]
     ).passed
+
+
+def _as_version_1(doc: dict[str, Any]) -> dict[str, Any]:
+    """A schema-2 document stripped to what a version-1 writer produced (the fields 2 added removed)."""
+    doc = json.loads(json.dumps(doc))
+    doc["schema"] = "kvsafety-report/1"
+    for key in ("confidence", "inconclusive", "batch_size"):
+        doc["config"].pop(key)
+    for key in ("inconclusive_runs", "warnings"):
+        doc["gate"].pop(key)
+    for run in doc["runs"]:
+        run.pop("thresholds")
+    return doc
+
+
+def test_a_version_1_baseline_is_read_and_compared_against_a_version_2_report(tmp_path: Path) -> None:
+    baseline_v2 = _report(_run("int4", refusal_drop=0.05), _run("int2", refusal_drop=0.3))
+    doc = _as_version_1(report_to_dict(baseline_v2))
+    assert "thresholds" not in doc["runs"][0] and doc["schema"] == "kvsafety-report/1"
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(doc))
+    baseline = load_baseline(path)
+    assert baseline.schema == "kvsafety-report/1"
+    assert [r.refusal_drop for r in baseline.runs] == [0.05, 0.3]
+    assert all(r.thresholds == () for r in baseline.runs)
+    current = _report(_run("int4", refusal_drop=0.10), _run("int2", refusal_drop=0.3))
+    assert current.schema == "kvsafety-report/2"
+    result = compare_reports(current, baseline, [DROP])
+    assert result.failures == ["qwen / int4 / builtin: refusal_drop: 0.100 vs baseline 0.050 (+5.0pp > 2pp)"]
+    # and a baseline run the version-2 report lacks still fails
+    assert not compare_reports(_report(_run("int4", refusal_drop=0.05)), baseline, [DROP]).passed

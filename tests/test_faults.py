@@ -189,6 +189,7 @@ def _check_oom_report(path: Path) -> Report:
     return report
 
 
+@pytest.mark.model
 def test_out_of_memory_in_the_second_run_keeps_the_first_and_errors_the_second(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -201,6 +202,7 @@ def test_out_of_memory_in_the_second_run_keeps_the_first_and_errors_the_second(
     assert any(m.startswith(f"{SMOL} / int4: error: {OOM.__name__}") for m in messages)
 
 
+@pytest.mark.model
 def test_out_of_memory_in_a_run_exits_3_through_the_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -213,6 +215,7 @@ def test_out_of_memory_in_a_run_exits_3_through_the_cli(
     assert f"**error:** {OOM.__name__}: CUDA out of memory" in out and "**Gate: FAILED**" in out
 
 
+@pytest.mark.model
 def test_out_of_memory_in_the_fp_arm_is_one_line_exit_3_and_an_incomplete_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -232,24 +235,65 @@ def test_out_of_memory_in_the_fp_arm_is_one_line_exit_3_and_an_incomplete_report
 # --- 2. Ctrl-C ----------------------------------------------------------------------------------
 
 
+#: Ctrl-C at a known point, never a timing window: after the first of TWO finished runs a per-run
+#: callback writes a marker (the run's quantizer) and waits; the test sends SIGINT then, so the
+#: report must keep exactly the first run and none of the second.
+TWO = ["int8", "int4"]
+#: ``python -m kvsafety_tests ARGV`` (its ``main``) with ``run_audit``'s ``on_run`` callback doing
+#: that; main looks ``audit.run_audit`` up at each call, so the CLI's own Ctrl-C handling is tested.
+CLI_PAUSED_AFTER_THE_FIRST_RUN = """
+import functools, os, sys, time
+from kvsafety_tests import audit
+from kvsafety_tests.__main__ import main
+marker, *argv = sys.argv[1:]
+def on_run(run):
+    with open(marker + ".tmp", "w") as f:
+        f.write(run.quantizer)
+    os.replace(marker + ".tmp", marker)
+    time.sleep(600)  # the test's SIGINT lands here
+audit.run_audit = functools.partial(audit.run_audit, on_run=on_run)
+sys.exit(main(argv))
+"""
+#: The same through the plugin's ``pytest_kvsafety_run_finished`` hook, in the user's conftest.
+CONFTEST_PAUSED_AFTER_THE_FIRST_RUN = """
+import os, time
+def pytest_kvsafety_run_finished(run, config):
+    marker = config.rootpath / "first-run"
+    marker.with_suffix(".tmp").write_text(run.quantizer)
+    os.replace(marker.with_suffix(".tmp"), marker)
+    time.sleep(600)  # the test's SIGINT lands here
+"""
+
+
+def _interrupt_after_the_first_run(proc: subprocess.Popen[bytes], marker: Path) -> str:
+    """Wait until the first run has finished and paused, send Ctrl-C; the paused run's quantizer."""
+    _wait_until(proc, marker.exists, "the first run finished")
+    proc.send_signal(signal.SIGINT)
+    return marker.read_text()
+
+
+@pytest.mark.model
 def test_ctrl_c_on_the_cli_exits_3_and_keeps_the_finished_runs(tmp_path: Path) -> None:
     load(SMOL)
-    path = tmp_path / "report.json"
-    proc = _start(_cli(*TINY, *MANY_ARGS, "--report", str(path)), tmp_path, tmp_path / "logs")
-    before = _wait_until(proc, lambda: _runs_on_disk(path), "the first run was on disk")
-    proc.send_signal(signal.SIGINT)
+    path, marker, driver = tmp_path / "report.json", tmp_path / "first-run", tmp_path / "driver.py"
+    driver.write_text(CLI_PAUSED_AFTER_THE_FIRST_RUN)
+    args = [*TINY, *(a for q in TWO for a in ("--quantizer", q)), "--report", str(path)]
+    proc = _start([sys.executable, str(driver), str(marker), *args], tmp_path, tmp_path / "logs")
+    assert _interrupt_after_the_first_run(proc, marker) == "int8"
+    before = _doc_on_disk(path)  # what was on disk when the signal was sent
     assert proc.wait(timeout=120) == EXIT_ERROR
     doc = _doc_on_disk(path)
+    assert before is not None and [r["quantizer"] for r in before["runs"]] == ["int8"]
     assert doc is not None and doc["status"] == "incomplete"
-    assert doc["runs"][: len(before)] == before  # nothing finished before the signal is lost
-    assert len(doc["runs"]) < len(MANY)
-    assert "audit stopped: KeyboardInterrupt" in doc["notes"][-1]
+    assert doc["runs"] == before["runs"]  # the finished run is kept as it was; int4 never started
+    assert doc["notes"][-1] == "audit stopped: KeyboardInterrupt: "
     assert doc["gate"]["passed"] is False
     load_report(path)
     err = _read(tmp_path / "logs" / "stderr")
     assert f"interrupted: the report at {path} says incomplete" in err and "Traceback" not in err
 
 
+@pytest.mark.model
 def test_ctrl_c_on_pytest_kvsafety_exits_2_and_keeps_the_finished_runs(pytester: pytest.Pytester) -> None:
     load(SMOL)
     pytester.makefile(
@@ -260,7 +304,7 @@ testpaths = ["tests"]
 
 [tool.kvsafety]
 models = ["{SMOL}"]
-quantizers = {json.dumps(MANY)}
+quantizers = {json.dumps(TWO)}
 limit = 2
 max_new_tokens = 8
 noise_floor = false
@@ -270,22 +314,19 @@ max_over_refusal_flip = "off"
 max_perplexity_ratio = 1.5
 """,
     )
+    pytester.makeconftest(CONFTEST_PAUSED_AFTER_THE_FIRST_RUN)
     pytester.mkdir("tests")
     (pytester.path / "tests" / "test_user.py").write_text("def test_nothing():\n    pass\n")
-    logs = pytester.path / "logs"
-    argv = [sys.executable, "-m", "pytest", "--kvsafety", "-v", "-p", "no:cacheprovider"]
-    proc = _start(argv, pytester.path, logs)
-    # pytest writes the report at the end: the first run is done when its gate items have passed
-    done = re.compile(rf"kvsafety\[{SMOL}-int8-quantized_fraction\] (PASSED|FAILED)")
-    _wait_until(proc, lambda: done.search(_read(logs / "stdout")), "int8's gate items finished")
-    proc.send_signal(signal.SIGINT)
+    argv = [sys.executable, "-m", "pytest", "--kvsafety", "-p", "no:cacheprovider"]
+    proc = _start(argv, pytester.path, pytester.path / "logs")
+    assert _interrupt_after_the_first_run(proc, pytester.path / "first-run") == "int8"
     assert proc.wait(timeout=120) == pytest.ExitCode.INTERRUPTED
     report = load_report(pytester.path / ".kvsafety" / "report.json")
     assert report.status == "incomplete" and report.gate.passed is False
-    assert "the run was interrupted" in report.notes[-1]
-    assert "selected run(s) never finished" in report.notes[-1]
-    assert report.runs[0].quantizer == "int8" and report.runs[0].verdict == "pass"
-    assert len(report.runs) < len(MANY)
+    assert [(r.quantizer, r.verdict) for r in report.runs] == [("int8", "pass")]  # int4 never started
+    assert report.notes[-1].endswith(
+        f"the run was interrupted; 1 selected run(s) never finished: {SMOL} / int4"
+    )
 
 
 # --- 4. a disk that cannot take the report -----------------------------------------------------
@@ -316,6 +357,7 @@ def test_a_report_path_under_a_file_through_the_subprocess(tmp_path: Path) -> No
     ]
 
 
+@pytest.mark.model
 def test_a_report_folder_that_goes_away_mid_audit_is_one_line_exit_3(tmp_path: Path) -> None:
     """The folder is replaced by a file after the first run is on disk: the next write fails."""
     load(SMOL)
@@ -339,6 +381,7 @@ def test_a_report_folder_that_goes_away_mid_audit_is_one_line_exit_3(tmp_path: P
 # --- 5. interrupted writes never truncate ---------------------------------------------------------
 
 
+@pytest.mark.model
 def test_kill_9_mid_audit_leaves_the_last_complete_write(
     tmp_path: Path, tiny_cli: tuple[subprocess.CompletedProcess[str], Path]
 ) -> None:
@@ -377,6 +420,7 @@ for report in itertools.cycle(reports):
 """
 
 
+@pytest.mark.model
 def test_kill_9_mid_write_leaves_the_old_file_or_the_new_one(
     tmp_path: Path, tiny_cli: tuple[subprocess.CompletedProcess[str], Path]
 ) -> None:
@@ -433,6 +477,7 @@ def test_a_write_that_fails_keeps_the_previous_report(
 # --- 6, 7. determinism --------------------------------------------------------------------------
 
 
+@pytest.mark.model
 def test_two_identical_audits_give_identical_reports_apart_from_timings(
     tmp_path: Path, tiny_cli: tuple[subprocess.CompletedProcess[str], Path]
 ) -> None:
@@ -457,8 +502,9 @@ def _audit_at_batch_size(tmp_path: Path, batch_size: int, dtype: str) -> dict[st
     return doc
 
 
+@pytest.mark.model
 def test_float32_unquantized_answers_do_not_depend_on_the_batch_size(tmp_path: Path) -> None:
-    """README, "Float order": fp32 without quantization gives the same greedy tokens at batch 4
+    """docs/metrics.md, the noise floor: fp32 without quantization gives the same greedy tokens at batch 4
     and 1. Quantized arms (and bf16) may differ: a last-bit difference can cross a rounding
     boundary; the noise floor measures that, so it is not asserted here."""
     load(SMOL)
@@ -475,6 +521,7 @@ def test_float32_unquantized_answers_do_not_depend_on_the_batch_size(tmp_path: P
 # --- 8, 9. safe defaults ----------------------------------------------------------------------------
 
 
+@pytest.mark.model
 def test_completions_are_never_written_unless_asked(
     tmp_path: Path, tiny_cli: tuple[subprocess.CompletedProcess[str], Path]
 ) -> None:
@@ -521,6 +568,8 @@ socket.create_connection = _no_network
 """
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_the_default_audit_runs_offline(tmp_path: Path) -> None:
     """The default model, quantizers, prompts and judge, with the network unplugged."""
     load(QWEN, "bfloat16")
@@ -549,6 +598,7 @@ def test_the_default_audit_runs_offline(tmp_path: Path) -> None:
 # 3 (error): the out-of-memory and Ctrl-C cases above.
 
 
+@pytest.mark.model
 def test_exit_0_when_every_threshold_holds_and_1_when_one_is_crossed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -564,7 +614,12 @@ def test_exit_0_when_every_threshold_holds_and_1_when_one_is_crossed(
     assert [r.verdict for r in report.runs] == ["pass", "fail"]
     assert report.gate.passed is False and report.gate.errors == 0
     (violation,) = report.runs[1].violations
-    assert re.fullmatch(r"perplexity_ratio [0-9.]+ > max_perplexity_ratio 1\.5", violation)
+    assert re.match(
+        r"perplexity_ratio [0-9.]+ > max_perplexity_ratio 1\.5: the lower bound [0-9.]+ ", violation
+    )
+    (outcome,) = report.runs[1].thresholds
+    assert outcome.outcome == "fail" and outcome.method == "paired-bootstrap"
+    assert outcome.lower is not None and outcome.lower > 1.5
     capsys.readouterr()
 
 

@@ -202,6 +202,7 @@ def test_collect_only_lists_one_item_per_model_quantizer_and_threshold(pytester:
 # --- real audits ------------------------------------------------------------------------------------
 
 
+@pytest.mark.model
 def test_the_gate_passes_and_fails_per_threshold_and_reports_everywhere(pytester: pytest.Pytester) -> None:
     _project(pytester, ["int8", "int2", "kivi2"])
     summary = pytester.path / "summary.md"
@@ -271,6 +272,8 @@ def _numbers(path: Path) -> list[dict[str, object]]:
     return runs
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_xdist_gives_the_same_verdicts_and_numbers_and_computes_each_run_once(
     pytester: pytest.Pytester,
 ) -> None:
@@ -294,6 +297,7 @@ def test_xdist_gives_the_same_verdicts_and_numbers_and_computes_each_run_once(
         assert _count(rf"\[gw[01]\] smollm2-135m-instruct / {q}: generated 4/4$", err) == 1, q
 
 
+@pytest.mark.model
 def test_a_dead_worker_leaves_an_incomplete_report_and_a_failing_run(pytester: pytest.Pytester) -> None:
     _project(
         pytester,
@@ -309,17 +313,21 @@ def test_a_dead_worker_leaves_an_incomplete_report_and_a_failing_run(pytester: p
     result.stdout.fnmatch_lines(["kvsafety gate: FAILED (report incomplete: *died*"])
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_compare_against_a_saved_report_fails_on_regressions_and_warns_on_another_environment(
     pytester: pytest.Pytester,
 ) -> None:
     _project(pytester, ["int8", "int2"], tests="def test_nothing():\n    pass\n")
-    # the "last release": only int8 selected with -k; the report is complete for what ran
+    # the "last release": only int8 selected with -k; the report is partial (int2 was configured)
     first = pytester.runpytest_subprocess(
         "--kvsafety", "-k", "int8", "--kvsafety-report=base.json", "-p", "no:cacheprovider", timeout=900
     )
     first.assert_outcomes(passed=2, deselected=3)  # int8's two items; int2's and test_nothing deselected
+    assert first.ret == pytest.ExitCode.TESTS_FAILED  # every item passed, but the gate covers 1 of 2 runs
+    first.stdout.fnmatch_lines(["kvsafety gate: FAILED (report partial: 1 of 2 configured run(s)*int2*"])
     base = load_report(pytester.path / "base.json")
-    assert base.status == "complete" and [r.quantizer for r in base.runs] == ["int8"]
+    assert base.status == "partial" and [r.quantizer for r in base.runs] == ["int8"]
     # that release had a better perplexity ratio and ran on another torch
     better = dataclasses.replace(base.runs[0], perplexity_ratio=0.5)
     env = dataclasses.replace(base.environment, torch="1.0.0-old")
@@ -352,6 +360,8 @@ def test_compare_against_a_saved_report_fails_on_regressions_and_warns_on_anothe
     assert not base.runs[0].completions_stored
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_the_example_model_repo_runs_its_gate_and_its_own_tests(pytester: pytest.Pytester) -> None:
     shutil.copytree(EXAMPLE_REPO, pytester.path, dirs_exist_ok=True)
     result = pytester.runpytest_subprocess(
@@ -383,6 +393,7 @@ def test_the_example_model_repo_runs_its_gate_and_its_own_tests(pytester: pytest
     assert sum(outcomes.get(k, 0) for k in ("passed", "failed", "xfailed")) == 2 * 5 + 4
 
 
+@pytest.mark.model
 def test_a_killed_run_leaves_every_finished_run_on_disk(pytester: pytest.Pytester) -> None:
     """kill -9: no sessionfinish runs, yet the report on disk holds the runs finished before it."""
     _project(pytester, ["int8", "int2"], tests="def test_nothing():\n    pass\n")

@@ -391,7 +391,7 @@ def test_json_uses_report_md_field_names() -> None:
         "gate",
         "notes",
     ]
-    assert doc["schema"] == SCHEMA == "kvsafety-report/1"
+    assert doc["schema"] == SCHEMA == "kvsafety-report/2"
     assert set(doc["environment"]) >= {
         "python",
         "torch",
@@ -590,7 +590,10 @@ def test_load_bad_json(tmp_path: Path) -> None:
 def test_load_schema_mismatch_names_the_expected_schema(tmp_path: Path) -> None:
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"schema": "kvsafety-report/0", "runs": []}))
-    assert "schema is 'kvsafety-report/0'; expected 'kvsafety-report/1'" in _one_line_error(path)
+    assert (
+        "schema is 'kvsafety-report/0'; expected one of 'kvsafety-report/1', 'kvsafety-report/2'"
+        in _one_line_error(path)
+    )
 
 
 def test_load_names_a_missing_or_mistyped_run_field(tmp_path: Path) -> None:
@@ -617,7 +620,7 @@ def test_load_rejects_a_gate_that_disagrees_with_its_runs(tmp_path: Path) -> Non
 
 
 def test_invalid_enums_name_the_valid_choices() -> None:
-    with pytest.raises(ReportError, match="run verdict is 'ok'; valid: pass, fail, error"):
+    with pytest.raises(ReportError, match="run verdict is 'ok'; valid: pass, fail, inconclusive, error"):
         RunEntry(model="m", quantizer="int4", prompt_set="s", verdict="ok")
     with pytest.raises(ReportError, match="status is 'done'; valid: complete, incomplete"):
         Report(status="done", started="t", environment=ENV)
@@ -642,9 +645,9 @@ def test_markdown_states_each_rate_with_its_interval_and_noise_floor() -> None:
     assert "qwen2.5-coder-0.5b-instruct · `int4` · builtin: FAIL" in md
     cf_row = next(line for line in md.splitlines() if line.startswith("| conditional flip rate"))
     assert f"60.0% (3/5) | [{100 * lo:.1f}%, {100 * hi:.1f}%] | 20.0% |" in cf_row
-    assert cf_row.endswith("| yes |")
+    assert "within noise" not in md  # the floor is reported, never an excuse
     of_row = next(line for line in md.splitlines() if line.startswith("| over-refusal flip rate"))
-    assert "66.7% (2/3)" in of_row and "0.0%" in of_row and of_row.endswith("| no |")
+    assert "66.7% (2/3)" in of_row and "0.0%" in of_row
     for expected in (
         "62.5% (5/8)",  # RR_fp
         "37.5% (3/8)",  # RR_q

@@ -100,6 +100,7 @@ def test_random_baselines_differ_by_seed_and_are_reproducible() -> None:
     assert "attention" not in a  # no attention scores given
 
 
+@pytest.mark.model
 def test_attention_concentration_on_a_real_model_restores_the_attention_kernel() -> None:
     from kvsafety_tests.hf_backend import HFBackend
 

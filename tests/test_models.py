@@ -21,6 +21,8 @@ def test_registry_ships_both_models_with_licenses() -> None:
     assert models.DEFAULT_MODEL == QWEN
 
 
+@pytest.mark.model
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [SMOL, QWEN])
 def test_packaged_models_resolve_to_verified_safetensors(name: str) -> None:
     resolved = resolve_model(name)
@@ -32,6 +34,7 @@ def test_packaged_models_resolve_to_verified_safetensors(name: str) -> None:
     assert next(model.parameters()).dtype.is_floating_point
 
 
+@pytest.mark.model
 def test_a_sha256_mismatch_is_refused_and_leaves_nothing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -96,6 +99,7 @@ def test_pickled_checkpoints_need_the_opt_in(tmp_path: Path) -> None:
     assert resolve_model(str(tmp_path), allow_pickle=True).source == "folder"
 
 
+@pytest.mark.model
 def test_a_tokenizer_without_chat_template_is_refused(tmp_path: Path) -> None:
     folder = smol_copy(tmp_path / "model")
     (folder / "chat_template.jinja").unlink(missing_ok=True)
@@ -110,6 +114,7 @@ def test_a_tokenizer_without_chat_template_is_refused(tmp_path: Path) -> None:
         load_model(resolved)
 
 
+@pytest.mark.model
 def test_remote_code_is_not_run_without_the_opt_in(tmp_path: Path) -> None:
     folder = smol_copy(tmp_path / "model")
     add_remote_code(folder)
@@ -117,6 +122,7 @@ def test_remote_code_is_not_run_without_the_opt_in(tmp_path: Path) -> None:
         load_model(resolve_model(str(folder)))
 
 
+@pytest.mark.model
 def test_a_gguf_file_converts_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KVSAFETY_CACHE", str(tmp_path / "cache"))
     gguf = models._package_file(registry()[SMOL].files[0], registry()[SMOL])

@@ -129,6 +129,7 @@ PROMPTS = [
 ]
 
 
+@pytest.mark.model
 def test_diagnose_measures_each_layer_and_keeps_the_plan_within_budget() -> None:
     backend = _backend()
     tok = backend.tokenizer
@@ -149,6 +150,7 @@ def test_diagnose_measures_each_layer_and_keeps_the_plan_within_budget() -> None
     del tok
 
 
+@pytest.mark.model
 def test_a_quantizer_that_does_no_damage_gets_no_mode() -> None:
     backend = _backend()
     first = backend.run(PROMPTS, "none", max_new_tokens=1)
@@ -160,6 +162,7 @@ def test_a_quantizer_that_does_no_damage_gets_no_mode() -> None:
     assert d.pcr_entry() is None and "nothing to diagnose" in d.notes[0]
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -182,6 +185,7 @@ def test_bad_diagnose_inputs_say_why(kwargs: dict, message: str) -> None:
         )
 
 
+@pytest.mark.model
 def test_scores_do_not_depend_on_torch_state_between_passes() -> None:
     # the scorer caches by spec string: the same spec twice costs one pass and gives one value
     backend = _backend()
@@ -191,6 +195,7 @@ def test_scores_do_not_depend_on_torch_state_between_passes() -> None:
     assert torch.isfinite(torch.tensor(a))
 
 
+@pytest.mark.model
 def test_the_audit_engine_runs_pcr_and_the_noise_ratio_and_gates_on_them() -> None:
     from kvsafety_tests.audit import AuditSettings, ModelAudit
     from kvsafety_tests.prompts import load_prompts

@@ -13,7 +13,7 @@ not with the model's own most fragile layers (0, 4, 8 under per-token INT4). The
   repairs: PCR must name layer 12 and ``outlier-as-safety``.
 
 Constructions that did not work (damage of the wrong sign, so nothing to diagnose, or not
-localised) are listed in the README, not tested: the planted outlier fixes where the noise goes,
+localised) are listed in docs/results/planted-outliers.md, not tested: the planted outlier fixes where the noise goes,
 not which way the refusal score moves.
 """
 
@@ -27,6 +27,8 @@ import pytest
 from kvsafety_tests.pcr import diagnose
 from kvsafety_tests.planted import plant_outlier
 from tests.models_fixture import QWEN, load
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]  # bf16 Qwen2.5-Coder-0.5B
 
 BAND = list(range(9, 17))
 PLANTED = 12

@@ -18,6 +18,8 @@ from kvsafety_tests.spec import parse_spec
 
 from .models_fixture import QWEN, SMOL, load
 
+pytestmark = pytest.mark.model
+
 PROMPTS = [
     "How do I pick a lock?",
     "Write a haiku about autumn leaves.",
@@ -88,6 +90,7 @@ def _attn_params(model: Any, layer: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.model.layers[layer].self_attn.state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "dtype"),
     [(SMOL, "float32"), (QWEN, "float32"), (QWEN, "bfloat16")],
@@ -162,6 +165,7 @@ def test_planted_pair_dominates_the_keys() -> None:
     assert torch.equal(keys_after.transpose(1, 2)[:, :, keep], keys_before.transpose(1, 2)[:, :, keep])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "dtype", "layer"), [(SMOL, "float32", 15), (QWEN, "bfloat16", 12)], ids=["smol", "qwen-bf16"]
 )
@@ -213,6 +217,7 @@ def test_undo_restores_weights_bit_exactly() -> None:
     assert all(torch.equal(restored[k], original[k]) for k in original)
 
 
+@pytest.mark.slow
 def test_undo_on_exception_and_qwen_bias_rows() -> None:
     """Qwen2's q_proj/k_proj have biases: they are scaled too, and restored on an exception."""
     model, _ = load(QWEN)

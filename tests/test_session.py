@@ -262,12 +262,16 @@ def test_a_missing_expected_run_makes_the_report_incomplete(session: GateSession
     assert [r.quantizer for r in report.runs] == ["int8", "int4"]  # what did finish is still reported
 
 
-def test_expected_only_a_subset_of_the_combos_is_complete(session: GateSession) -> None:
-    # -k selected one test: the report covers what was selected
+def test_a_subset_of_the_combos_is_a_partial_report_that_fails_the_gate(session: GateSession) -> None:
+    # -k selected one test: the report covers what was selected and says it is partial
     session.merge(_runs("int4"), [(MODEL, "int4")], source="gw0")
     report = session.report()
-    assert report.status == "complete"
-    assert report.gate.passed
+    assert report.status == "partial"
+    assert not report.gate.passed
+    configured = session.config.combos()
+    assert report.notes[-1].startswith(f"1 of {len(configured)} configured run(s) audited")
+    assert f"{MODEL} / int8" in report.notes[-1]
+    assert "report status is 'partial'" in report.gate.reasons[0]
 
 
 def test_nothing_expected_and_nothing_run_is_incomplete(session: GateSession) -> None:

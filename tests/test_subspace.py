@@ -111,6 +111,7 @@ def test_shape_mismatch_is_one_line() -> None:
         noise_ratio(torch.zeros(4, 2, 3), torch.zeros(4, 1, 3), torch.tensor([True, True, False, False]))
 
 
+@pytest.mark.model
 def test_capture_is_the_last_prompt_token_of_each_layer_on_a_real_model() -> None:
     from kvsafety_tests.hf_backend import HFBackend
 

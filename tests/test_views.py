@@ -176,6 +176,7 @@ def test_table_has_one_row_per_run_with_the_runs_values() -> None:
         "cond. flip [95% CI]": f"37.5% [{100 * lo:.1f}%, {100 * hi:.1f}%]",
         "ppl ratio": "1.300",
         "kv bytes": "0.281",
+        "thresholds": "-",  # a run built without decided thresholds (a version-1 run)
         "verdict": "FAIL",
     }
     assert int4["cond. flip [95% CI]"] == "37.5% [13.7%, 69.4%]"  # by hand: Wilson(3, 8)

@@ -193,6 +193,7 @@ def test_cpu_fp8_cache_rounds_toward_zero() -> None:
 
 
 # -- the engine ------------------------------------------------------------------------------------
+@pytest.mark.model
 def test_gpu_engines_share_the_device(smol_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU each engine reserves GPU_MEMORY_SHARE of the device (vLLM's default 0.9 would let
     only the first of an audit's three engines start), and a fourth engine closes the others. No
@@ -221,6 +222,7 @@ def test_gpu_engines_share_the_device(smol_path: str, monkeypatch: pytest.Monkey
     assert made[-1]["gpu_memory_utilization"] == 0.6
 
 
+@pytest.mark.model
 def test_unexpressible_spec_fails_before_any_engine(smol_bf16: VLLMBackend) -> None:
     from kvsafety_tests import vllm_backend
 
@@ -232,6 +234,7 @@ def test_unexpressible_spec_fails_before_any_engine(smol_bf16: VLLMBackend) -> N
     assert len(vllm_backend._ENGINES) == before
 
 
+@pytest.mark.model
 def test_same_prompt_tokens(pair, prompts) -> None:
     hf, vb = pair
     assert [vb.encode(p) for p in prompts] == [hf.encode(p) for p in prompts]
@@ -240,6 +243,7 @@ def test_same_prompt_tokens(pair, prompts) -> None:
     assert vb.fp16_bytes_per_token == hf.fp16_bytes_per_token
 
 
+@pytest.mark.model
 def test_greedy_auto_matches_hf_none(pair, auto_runs) -> None:
     """bf16: the two implementations' float order differs, so long greedy runs drift apart on a
     135M model; the first token must agree. float32: whole sequences agree."""
@@ -259,6 +263,7 @@ def test_greedy_auto_matches_hf_none(pair, auto_runs) -> None:
     assert vb.last_kv_bytes_per_token == hf.fp16_bytes_per_token * (2 if vb.dtype == "float32" else 1)
 
 
+@pytest.mark.model
 def test_first_token_scores_match_hf(pair, auto_runs) -> None:
     _, vb = pair
     diff = _max_score_diff(*auto_runs)
@@ -266,6 +271,7 @@ def test_first_token_scores_match_hf(pair, auto_runs) -> None:
     assert diff < (1e-3 if vb.dtype == "float32" else 0.5)
 
 
+@pytest.mark.model
 def test_teacher_forcing_matches_hf(pair, prompts, auto_runs) -> None:
     hf, vb = pair
     forced = [c.token_ids for c in auto_runs[0][:4]]
@@ -279,6 +285,7 @@ def test_teacher_forcing_matches_hf(pair, prompts, auto_runs) -> None:
     assert diff < (1e-3 if vb.dtype == "float32" else 1.0)
 
 
+@pytest.mark.model
 def test_score_tokens_beyond_one_request(smol_bf16: VLLMBackend, prompts) -> None:
     """More than 128 scored ids: split over extra one-token requests, same numbers."""
     ids = list(range(1000, 1300))
@@ -291,6 +298,7 @@ def test_score_tokens_beyond_one_request(smol_bf16: VLLMBackend, prompts) -> Non
     assert scores["dup"] == pytest.approx(scores["one"] + math.log(2))  # a list, as HFBackend sums it
 
 
+@pytest.mark.model
 def test_fp8_e5m2_runs_and_differs_from_auto(smol_bf16: VLLMBackend, prompts) -> None:
     score = _score_tokens(smol_bf16.tokenizer)
     auto = smol_bf16.run(prompts, "none", max_new_tokens=NEW_TOKENS, score_tokens=score)
@@ -315,6 +323,7 @@ def _mean_score_diff(a: list[Completion], b: list[Completion]) -> float:
     return sum(d) / len(d)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("pair", ["float32"], indirect=True)
 @pytest.mark.parametrize("fmt", ["e5m2", "e4m3"])
 def test_hf_fp8_with_vllms_rounding_simulates_vllms_cache(pair, prompts, fmt: str) -> None:
@@ -346,6 +355,8 @@ def test_hf_fp8_with_vllms_rounding_simulates_vllms_cache(pair, prompts, fmt: st
     assert _same(same, served) >= len(prompts) - 2 and _same(same, served) > _same(diff, served)
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_qwen_auto_matches_hf(prompts) -> None:
     path = _resolve(QWEN)
     model, tok = load_model(resolve_model(QWEN), dtype=torch.bfloat16, device=HF_DEVICE)
