@@ -408,6 +408,10 @@ class ModelAudit:
                 extra_notes.extend(pcr_notes)
                 if pcr_entry is not None:
                     evidence["pcr_recovery"] = _recovery_evidence(recovery, pcr_entry.predicted_recovery)
+                else:  # never skipped: no calibration damage to diagnose is not a recovery
+                    evidence["pcr_recovery"] = BoundedEvidence(
+                        None, None, None, method="PCR found no calibration damage to diagnose"
+                    )
             outcomes = decide_all(s.thresholds, evidence, confidence=s.confidence, method="exact")
             violations = [o.reason for o in outcomes if o.outcome != "pass" and o.reason]
             threshold_notes: list[str] = []

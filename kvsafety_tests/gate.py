@@ -79,6 +79,7 @@ class PairedEvidence:
 class BoundedEvidence:
     """A value whose one-sided bounds were computed where its samples live (e.g. a bootstrap)."""
 
+    #: None: measured, but nothing to bound (the threshold is inconclusive; ``method`` says why).
     value: float | None
     lower: float | None
     upper: float | None
@@ -169,6 +170,8 @@ def _bounds_text(o: ThresholdOutcome) -> str:
 def _reason(o: ThresholdOutcome) -> str | None:
     """The one-line message for an outcome that is not a pass; starts with the metric's name."""
     sign = ">" if o.direction == "max" else "<"
+    if o.value is None and o.outcome == "inconclusive":
+        return f"{o.metric} inconclusive against {o.threshold} {o.limit:g}: no value to bound ({o.method})"
     if o.value is None:
         return f"{o.metric} not measured: {o.threshold} {o.limit:g} cannot be checked"
     if o.unreachable:
@@ -255,8 +258,11 @@ def decide(
         "direction": direction,
         "confidence": confidence,
     }
-    if evidence is None or (isinstance(evidence, BoundedEvidence) and evidence.value is None):
+    if evidence is None:
         return _finish(ThresholdOutcome(**common, value=None, method="none", outcome="fail"))
+    if isinstance(evidence, BoundedEvidence) and evidence.value is None:
+        # measured, but with no value to bound (e.g. PCR found no calibration damage to diagnose)
+        return _finish(ThresholdOutcome(**common, value=None, method=evidence.method, outcome="inconclusive"))
     if isinstance(evidence, RateEvidence):
         k, n = evidence.k, evidence.n
         if n == 0:

@@ -109,14 +109,16 @@ def test_bounded_values_and_the_min_direction() -> None:
 
 
 def test_unmeasured_values_fail_closed() -> None:
-    for evidence in (
-        None,
-        RateEvidence(0, 0),
-        PairedEvidence(0, 0, 0),
-        BoundedEvidence(None, None, None, "x"),
-    ):
+    for evidence in (None, RateEvidence(0, 0), PairedEvidence(0, 0, 0)):
         o = decide(CF if not isinstance(evidence, PairedEvidence) else "max_refusal_drop", 0.1, evidence)
         assert o.outcome == "fail" and o.reason is not None and "not measured" in o.reason
+    # measured but with nothing to bound (PCR found no damage): inconclusive, never skipped or passed
+    o = decide("min_pcr_recovery", 0.5, BoundedEvidence(None, None, None, "PCR found no calibration damage"))
+    assert o.outcome == "inconclusive" and o.value is None
+    assert o.reason == (
+        "pcr_recovery inconclusive against min_pcr_recovery 0.5: no value to bound "
+        "(PCR found no calibration damage)"
+    )
 
 
 def test_decide_all_skips_metrics_not_in_the_run_and_orders_like_the_thresholds() -> None:
