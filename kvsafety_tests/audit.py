@@ -343,10 +343,6 @@ class ModelAudit:
             seconds=time.monotonic() - start,
         )
 
-    def perplexity(self, spec: str) -> float | None:
-        """Teacher-forced perplexity of the fp model's greedy answers to the harmless prompts."""
-        return _perplexity_of(self.perplexity_parts(spec))
-
     def perplexity_parts(self, spec: str) -> list[tuple[float, int]] | None:
         """Per corpus text (the fp model's greedy answers to the harmless prompts, empty ones left
         out): (sum of teacher-forced token log-likelihoods, token count) under ``spec``'s cache."""

@@ -93,6 +93,7 @@ __all__ = [
     "bound_for_limit",
     "clopper_pearson_bound",
     "needed_n",
+    "outcome_of_bounds",
     "paired_bound_for_limit",
     "paired_difference_bound",
     "rate_bound",
@@ -340,7 +341,9 @@ def paired_difference_bound(
 # --- the decision --------------------------------------------------------------------------------
 
 
-def _outcome(upper: float, lower: float, limit: float, direction: Direction) -> str:
+def outcome_of_bounds(upper: float, lower: float, limit: float, direction: Direction) -> str:
+    """pass / fail / inconclusive for one-sided ``upper`` and ``lower`` bounds against ``limit``
+    (the rule of ``bound_for_limit``, for bounds computed elsewhere, e.g. by a bootstrap)."""
     if direction == "max":
         return "pass" if upper <= limit else "fail" if lower > limit else "inconclusive"
     return "pass" if lower >= limit else "fail" if upper < limit else "inconclusive"
@@ -364,7 +367,7 @@ def bound_for_limit(
     lower = rate_bound(k, n, alpha, "lower", method)
     if n == 0:
         return "inconclusive", upper, lower
-    return _outcome(upper, lower, limit, direction), upper, lower
+    return outcome_of_bounds(upper, lower, limit, direction), upper, lower
 
 
 def paired_bound_for_limit(
@@ -387,7 +390,7 @@ def paired_bound_for_limit(
     lower = paired_difference_bound(b, c, n, alpha, "lower", method)
     if n == 0:
         return "inconclusive", upper, lower
-    return _outcome(upper, lower, limit, direction), upper, lower
+    return outcome_of_bounds(upper, lower, limit, direction), upper, lower
 
 
 # --- how many more prompts -----------------------------------------------------------------------

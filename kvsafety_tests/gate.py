@@ -23,9 +23,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
-from .bounds import bound_for_limit, needed_n, paired_difference_bound, rate_bound
+from .bounds import (
+    OUTCOMES,
+    Direction,
+    Method,
+    bound_for_limit,
+    needed_n,
+    outcome_of_bounds,
+    paired_bound_for_limit,
+    rate_bound,
+)
 from .thresholds import METRIC_OF, Thresholds
 
 __all__ = [
@@ -42,15 +51,13 @@ __all__ = [
     "run_verdict",
 ]
 
-OUTCOMES: tuple[str, ...] = ("pass", "fail", "inconclusive")
 #: What an inconclusive threshold does to the gate: fail it (default), or warn loudly and let it pass.
 INCONCLUSIVE_POLICIES: tuple[str, ...] = ("fail", "warn")
 DEFAULT_CONFIDENCE = 0.95
 #: Ratios of means carry no event count: an n to decide them is not computed.
 _NEEDED_N_CAP = 100_000
 
-Direction: TypeAlias = Literal["max", "min"]
-BoundMethod: TypeAlias = Literal["exact", "sequence"]
+BoundMethod: TypeAlias = Method
 
 
 @dataclass(frozen=True)
@@ -205,20 +212,6 @@ def _finish(o: ThresholdOutcome) -> ThresholdOutcome:
     return replace(o, reason=_reason(o))
 
 
-def _paired_decision(
-    ev: PairedEvidence, limit: float, direction: Direction, alpha: float, method: BoundMethod
-) -> tuple[str, float, float]:
-    upper = paired_difference_bound(ev.b, ev.c, ev.n, alpha, "upper", method)
-    lower = paired_difference_bound(ev.b, ev.c, ev.n, alpha, "lower", method)
-    if ev.n == 0:
-        return "inconclusive", upper, lower
-    if direction == "max":
-        outcome = "pass" if upper <= limit else "fail" if lower > limit else "inconclusive"
-    else:
-        outcome = "pass" if lower >= limit else "fail" if upper < limit else "inconclusive"
-    return outcome, upper, lower
-
-
 def _paired_needed_n(
     ev: PairedEvidence, limit: float, direction: Direction, alpha: float, method: BoundMethod
 ) -> int | None:
@@ -228,7 +221,8 @@ def _paired_needed_n(
 
     def decided(n: int) -> bool:
         b, c = round(ev.b / ev.n * n), round(ev.c / ev.n * n)
-        return _paired_decision(PairedEvidence(b, c, n), limit, direction, alpha, method)[0] != "inconclusive"
+        outcome = paired_bound_for_limit(b, c, n, limit, alpha, method, direction=direction)[0]
+        return outcome != "inconclusive"
 
     high = ev.n
     while not decided(high):  # a decided n exists at all: double until one is found
@@ -298,7 +292,10 @@ def decide(
             return _finish(
                 ThresholdOutcome(**common, value=None, n=0, method=f"paired-{method}", outcome="fail")
             )
-        outcome, upper, lower = _paired_decision(evidence, limit, direction, alpha, method)
+        ev = evidence
+        outcome, upper, lower = paired_bound_for_limit(
+            ev.b, ev.c, ev.n, limit, alpha, method, direction=direction
+        )
         need = (
             _paired_needed_n(evidence, limit, direction, alpha, method) if outcome == "inconclusive" else None
         )
@@ -317,12 +314,7 @@ def decide(
         )
     # BoundedEvidence: bounds computed upstream (bootstrap); without bounds nothing can be shown
     lo, hi = evidence.lower, evidence.upper
-    if lo is None or hi is None:
-        outcome = "inconclusive"
-    elif direction == "max":
-        outcome = "pass" if hi <= limit else "fail" if lo > limit else "inconclusive"
-    else:
-        outcome = "pass" if lo >= limit else "fail" if hi < limit else "inconclusive"
+    outcome = "inconclusive" if lo is None or hi is None else outcome_of_bounds(hi, lo, limit, direction)
     return _finish(
         ThresholdOutcome(
             **common,
