@@ -4,7 +4,7 @@ that match it bit for bit on the stored codes (``backend="triton"``).
 Installed as ``kvsafety_tests.kernels`` (PyPI already has a distribution named ``kernels``).
 """
 
-from .api import BACKENDS, Backend, dequantize, quantize
+from .api import AUTO_CPU, BACKENDS, Backend, dequantize, implementation, quantize, resolve_kernels
 from .fp8_ref import FP8_DTYPES, FP8_MAX, fp8_decode, fp8_encode
 from .int_ref import group_view
 from .packing import pack_codes, packed_width, unpack_codes
@@ -13,6 +13,7 @@ from .stored import MAX_ABS, NonFiniteError, QuantizedTensor, check_input
 from .stream import QuantizedStream
 
 __all__ = [
+    "AUTO_CPU",
     "BACKENDS",
     "FP8_DTYPES",
     "FP8_MAX",
@@ -28,8 +29,10 @@ __all__ = [
     "fp8_decode",
     "fp8_encode",
     "group_view",
+    "implementation",
     "pack_codes",
     "packed_width",
     "quantize",
+    "resolve_kernels",
     "unpack_codes",
 ]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kvsafety_tests.errors import KvSafetyError
 from kvsafety_tests.spec import Fp8Scheme, IntScheme
 
 __all__ = ["MAX_ABS", "NonFiniteError", "QuantizedTensor", "check_input", "to_output"]
@@ -15,7 +16,7 @@ __all__ = ["MAX_ABS", "NonFiniteError", "QuantizedTensor", "check_input", "to_ou
 MAX_ABS = 2.0**120
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(KvSafetyError):
     """K or V holds inf/NaN (an fp16 overflow upstream, say) or a magnitude beyond MAX_ABS."""
 
 

@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .audit import DEFAULT_QUANTIZERS, AuditSettings, run_audit
     from .compare import CompareCheck, compare_reports, parse_compare_check
     from .config import GateConfig, resolve_config
+    from .errors import KvSafetyError
     from .judge import load_judge
     from .metrics import ArmLabels, RefusalMetrics, compute_refusal_metrics
     from .mitigation import Recovery, baseline_specs, measure_recovery
@@ -39,6 +40,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "audit": ("DEFAULT_QUANTIZERS", "AuditSettings", "run_audit"),
     "compare": ("CompareCheck", "compare_reports", "parse_compare_check"),
     "config": ("GateConfig", "resolve_config"),
+    "errors": ("KvSafetyError",),
     "judge": ("load_judge",),
     "metrics": ("ArmLabels", "RefusalMetrics", "compute_refusal_metrics"),
     "mitigation": ("Recovery", "baseline_specs", "measure_recovery"),
@@ -76,6 +78,7 @@ __all__ = [
     "Granularity",
     "IntScheme",
     "KVScheme",
+    "KvSafetyError",
     "ModelError",
     "NoQuant",
     "Prompt",

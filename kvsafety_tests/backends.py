@@ -12,11 +12,10 @@ import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
+from .settings import BACKENDS
 from .thresholds import Thresholds
 
 __all__ = ["BACKENDS", "check_vllm_settings", "make_backend"]
-
-BACKENDS: tuple[str, ...] = ("hf", "vllm")
 
 
 def check_vllm_settings(
@@ -60,11 +59,12 @@ def make_backend(settings: Any, resolved_path: str, model: Any = None, tokenizer
             trust_remote_code=settings.trust_remote_code,
         )
     from .hf_backend import HFBackend
+    from .kernels import resolve_kernels
 
     return HFBackend(
         model,
         tokenizer,
         batch_size=settings.batch_size,
         system_prompt=settings.system_prompt,
-        kernel_backend=settings.kernel_backend,
+        kernels=resolve_kernels(settings.kernels, settings.device),
     )

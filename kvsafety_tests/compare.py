@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import KvSafetyError
 from .report import Report, ReportError, RunEntry, load_report
 
 __all__ = [
@@ -90,7 +91,7 @@ _BASELINE_HINT = "a baseline is a report.json written by pytest --kvsafety"
 _ENVIRONMENT_FIELDS: tuple[str, ...] = ("torch", "transformers", "vllm", "triton", "device")
 
 
-class CompareError(ValueError):
+class CompareError(KvSafetyError):
     """A compare check or a baseline that cannot be used. One line, naming the bad value."""
 
 

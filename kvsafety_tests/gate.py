@@ -35,6 +35,7 @@ from .bounds import (
     paired_bound_for_limit,
     rate_bound,
 )
+from .settings import CONFIDENCE, INCONCLUSIVE_POLICIES
 from .thresholds import METRIC_OF, Thresholds
 
 __all__ = [
@@ -51,9 +52,8 @@ __all__ = [
     "run_verdict",
 ]
 
-#: What an inconclusive threshold does to the gate: fail it (default), or warn loudly and let it pass.
-INCONCLUSIVE_POLICIES: tuple[str, ...] = ("fail", "warn")
-DEFAULT_CONFIDENCE = 0.95
+#: The gate's confidence unless configured (the settings table's default).
+DEFAULT_CONFIDENCE = CONFIDENCE
 #: Ratios of means carry no event count: an n to decide them is not computed.
 _NEEDED_N_CAP = 100_000
 

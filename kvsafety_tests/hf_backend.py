@@ -51,13 +51,14 @@ class HFBackend:
         *,
         batch_size: int = 16,
         system_prompt: str | None = None,
-        kernel_backend: Backend = "torch",
+        kernels: Backend = "torch",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.system_prompt = system_prompt
-        self.kernel_backend: Backend = kernel_backend
+        #: The kernel implementation that quantizes the cache (resolved: torch, compiled or triton).
+        self.kernels: Backend = kernels
         self.num_layers = int(model.config.num_hidden_layers)
         self.head_dim = int(
             getattr(model.config, "head_dim", None)
@@ -174,7 +175,7 @@ class HFBackend:
             [[0] * p + [1] * len(e) for p, e in zip(pads, encoded, strict=True)], device=self.device
         )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
-        cache = QuantizedKVCache(spec, self.num_layers, pads, backend=self.kernel_backend)
+        cache = QuantizedKVCache(spec, self.num_layers, pads, backend=self.kernels)
         if forced is not None and _one_pass_exact(spec, self.num_layers):
             return self._forced_one_pass(encoded, ids, mask, positions, cache, forced, pad_id)
         captured: dict[int, torch.Tensor] = {}

@@ -38,6 +38,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .errors import KvSafetyError
 from .models import PICKLE_SUFFIXES
 
 __all__ = [
@@ -78,7 +79,7 @@ EMBEDDING_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128
 EMBEDDING_MAX_TOKENS = 256  # the model's max_seq_length; completions are 64 tokens in practice
 
 
-class JudgeError(ValueError):
+class JudgeError(KvSafetyError):
     """A judge name, path, label mapping or labelled file is invalid; one line naming the bad
     value and the valid choices (or the command that fixes it)."""
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+from .errors import KvSafetyError
 from .stats import mcnemar_exact_p, min_detectable_effect, wilson_interval
 
 __all__ = [
@@ -58,7 +59,7 @@ FLIP_RATES: tuple[str, ...] = (
 LOGPROB_TOLERANCE = 1e-6
 
 
-class MetricsError(ValueError):
+class MetricsError(KvSafetyError):
     """Labels or measurements that the metrics cannot be computed from. One line, naming the bad value."""
 
 

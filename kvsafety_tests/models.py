@@ -30,6 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import KvSafetyError
+
 if TYPE_CHECKING:
     import torch
 
@@ -51,7 +53,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 Progress = Callable[[str], None]
 
 
-class ModelError(ValueError):
+class ModelError(KvSafetyError):
     """A model cannot be resolved or loaded; the message says what to install or pass."""
 
 

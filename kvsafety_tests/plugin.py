@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .argtypes import confidence_arg, fraction_arg, inconclusive_arg, positive_int_arg, spec_arg
-from .spec import parse_spec
+from .settings import add_options, overrides_from
 
 if TYPE_CHECKING:
     from .report import Report, RunEntry
@@ -57,22 +56,6 @@ class _State:
 # --- options ----------------------------------------------------------------------------------------
 
 
-def _threshold_arg(text: str) -> tuple[str, float | None]:
-    from .thresholds import METRIC_OF
-
-    name, sep, value = text.partition("=")
-    if not sep or name not in METRIC_OF:
-        raise argparse.ArgumentTypeError(
-            f"threshold {text!r} is not NAME=VALUE with NAME one of {', '.join(METRIC_OF)}"
-        )
-    if value == "off":
-        return name, None
-    try:
-        return name, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"threshold {name}: {value!r} is not a number or off") from None
-
-
 def _compare_fail_arg(text: str) -> Any:
     from .compare import CompareError, parse_compare_check
 
@@ -97,123 +80,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the KV-cache safety audit and gate on its thresholds (default: off)",
     )
-    add(
-        "--kvsafety-model",
-        action="append",
-        default=None,
-        metavar="NAME",
-        help="model to audit, repeatable: registry name, local folder/GGUF, or hub id "
-        "(default: [tool.kvsafety] models, else qwen2.5-coder-0.5b-instruct)",
-    )
-    add(
-        "--kvsafety-quantizer",
-        action="append",
-        type=spec_arg,
-        default=None,
-        metavar="SPEC",
-        help="quantizer spec to audit, repeatable (e.g. int4, kivi2, fp8_e5m2, int4-g64;L3=none); "
-        "default: the [tool.kvsafety] quantizers, else int8 int4 fp8_e4m3 fp8_e5m2",
-    )
-    add(
-        "--kvsafety-prompts",
-        default=None,
-        metavar="SET",
-        help="prompt set name or file:PATH (default: builtin)",
-    )
-    add(
-        "--kvsafety-limit",
-        type=positive_int_arg,
-        default=None,
-        metavar="N",
-        help="at most N harmful and N harmless prompts (default: all)",
-    )
-    add(
-        "--kvsafety-judge",
-        default=None,
-        metavar="NAME",
-        help="refusal judge: rules, embedding, or a classifier folder (default: rules)",
-    )
-    add(
-        "--kvsafety-backend", default=None, metavar="NAME", help="inference backend: hf or vllm (default: hf)"
-    )
-    add("--kvsafety-device", default=None, metavar="DEV", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    add(
-        "--kvsafety-max-new-tokens",
-        type=positive_int_arg,
-        default=None,
-        metavar="N",
-        help="greedy tokens per prompt (default: 64)",
-    )
-    add(
-        "--kvsafety-tensor-parallel-size",
-        type=positive_int_arg,
-        default=None,
-        metavar="N",
-        help="vllm backend: GPUs per engine; pytest-xdist workers get N GPUs each (default: 1)",
-    )
-    add(
-        "--kvsafety-batch-size",
-        type=positive_int_arg,
-        default=None,
-        metavar="N",
-        help="prompts per batch (default: 16)",
-    )
-    add(
-        "--kvsafety-threshold",
-        action="append",
-        type=_threshold_arg,
-        default=None,
-        metavar="NAME=VALUE",
-        help="gate threshold, repeatable, overrides [tool.kvsafety]; VALUE off disables it",
-    )
-    add(
-        "--kvsafety-confidence",
-        type=confidence_arg,
-        default=None,
-        metavar="LEVEL",
-        help="confidence of the gate's one-sided bounds: a threshold passes only when its bound "
-        "shows it holds (default: 0.95)",
-    )
-    add(
-        "--kvsafety-inconclusive",
-        type=inconclusive_arg,
-        default=None,
-        metavar="fail|warn",
-        help="what a threshold the sample cannot decide does: fail the gate (fail closed) or warn "
-        "loudly (default: fail)",
-    )
-    add(
-        "--kvsafety-report",
-        default=None,
-        metavar="PATH",
-        help="JSON report path (default: .kvsafety/report.json under the rootdir); plots go beside it",
-    )
-    add(
-        "--kvsafety-store-completions",
-        action="store_true",
-        default=None,
-        help="store the completions (harmful text) in the report (default: off)",
-    )
-    add(
-        "--kvsafety-pcr",
-        action="store_true",
-        default=None,
-        help="add PCR to each quantized run: failure mode, a mitigation plan within the memory budget, "
-        "its predicted and measured recovery, and the safety-subspace noise ratio (default: off)",
-    )
-    add(
-        "--kvsafety-pcr-budget",
-        type=fraction_arg,
-        default=None,
-        metavar="FRACTION",
-        help="the PCR plan's extra KV memory as a fraction of the quantized cache (default: 0.07)",
-    )
-    add(
-        "--kvsafety-noise-ratio",
-        action="store_true",
-        default=None,
-        help="measure the safety-subspace noise ratio on each quantized run (implied by --kvsafety-pcr)",
-    )
+    add_options(add, prefix="kvsafety-")
     add(
         "--kvsafety-compare",
         default=None,
@@ -238,11 +105,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     if not config.getoption("kvsafety"):
-        for option in ("kvsafety_compare", "kvsafety_compare_fail"):
-            if config.getoption(option):
-                raise pytest.UsageError(
-                    f"--{option.replace('_', '-')} needs --kvsafety: nothing would be audited"
-                )
+        given = [k for k, v in vars(config.option).items() if k.startswith("kvsafety_") and v is not None]
+        if given:  # a gate option without the gate: never let it read as an audit that passed
+            raise pytest.UsageError(
+                f"--{given[0].replace('_', '-')} needs --kvsafety: nothing would be audited"
+            )
         return
     config.stash[_STATE] = state = _State()
     gate_config = _gate_config(config)
@@ -342,39 +209,13 @@ def _uncaptured(config: pytest.Config, log: Log) -> Log:
 
 
 def _gate_config(config: pytest.Config) -> Any:
-    from .audit import DEFAULT_QUANTIZERS, DEFAULT_THRESHOLDS
     from .config import ConfigError, load_pyproject_table, resolve_config
-    from .models import DEFAULT_MODEL
 
-    get = config.getoption
-    overrides = {
-        "models": get("kvsafety_model"),
-        "quantizers": get("kvsafety_quantizer"),
-        "prompts": get("kvsafety_prompts"),
-        "limit": get("kvsafety_limit"),
-        "judge": get("kvsafety_judge"),
-        "backend": get("kvsafety_backend"),
-        "device": get("kvsafety_device"),
-        "max_new_tokens": get("kvsafety_max_new_tokens"),
-        "batch_size": get("kvsafety_batch_size"),
-        "tensor_parallel_size": get("kvsafety_tensor_parallel_size"),
-        "report": get("kvsafety_report"),
-        "store_completions": get("kvsafety_store_completions"),
-        "pcr": get("kvsafety_pcr"),
-        "pcr_budget": get("kvsafety_pcr_budget"),
-        "noise_ratio": get("kvsafety_noise_ratio"),
-        "confidence": get("kvsafety_confidence"),
-        "inconclusive": get("kvsafety_inconclusive"),
-        "thresholds": dict(get("kvsafety_threshold") or []),
-    }
     try:
         return resolve_config(
             load_pyproject_table(config.rootpath / "pyproject.toml"),
-            overrides,
+            overrides_from(vars(config.option), prefix="kvsafety-"),
             rootdir=config.rootpath,
-            default_models=(DEFAULT_MODEL,),
-            default_quantizers=DEFAULT_QUANTIZERS,
-            default_thresholds=DEFAULT_THRESHOLDS,
         )
     except ConfigError as e:
         raise pytest.UsageError(f"kvsafety: {e}") from None
@@ -536,7 +377,7 @@ def kv_quantizer(_kv_combo: tuple[str, str]) -> str:
 @pytest.fixture
 def kv_bits(_kv_combo: tuple[str, str]) -> float:
     """Nominal bits per stored K/V element of ``kv_quantizer`` (16 for none, 8 for FP8)."""
-    from .spec import nominal_bits
+    from .spec import nominal_bits, parse_spec
 
     return nominal_bits(parse_spec(_kv_combo[1]))
 

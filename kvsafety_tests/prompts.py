@@ -44,6 +44,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
 
+from .errors import KvSafetyError
+
 __all__ = [
     "BENCHMARKS",
     "DEFAULT_CONTEXT_WORDS",
@@ -104,7 +106,7 @@ LABEL_VALUES: dict[str, Label] = {
 FILE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".json", ".txt")
 
 
-class PromptError(ValueError):
+class PromptError(KvSafetyError):
     """A prompt set name, file or option is invalid.
 
     The message is one line: the bad value and what is valid (or the command that fixes it).
@@ -657,8 +659,10 @@ def _rank(prompt_id: str) -> str:
     return hashlib.sha256(prompt_id.encode("utf-8")).hexdigest()
 
 
-def stratified_subset(prompts: Sequence[Prompt], limit: int) -> tuple[Prompt, ...]:
-    """At most ``limit`` prompts, each category represented in proportion to its size.
+def stratified_subset(
+    prompts: Sequence[Prompt], limit: int, group: Callable[[Prompt], str] = lambda p: p.category
+) -> tuple[Prompt, ...]:
+    """At most ``limit`` prompts, each category (``group``) represented in proportion to its size.
 
     Quotas by largest remainder (ties: larger category, then name); within a category the
     prompts with the smallest sha256 of their id. No RNG and no dependence on file order: the
@@ -669,7 +673,7 @@ def stratified_subset(prompts: Sequence[Prompt], limit: int) -> tuple[Prompt, ..
         return tuple(prompts)
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(prompts):
-        groups.setdefault(p.category, []).append(i)
+        groups.setdefault(group(p), []).append(i)
     total = len(prompts)
     quota = {c: limit * len(idx) // total for c, idx in groups.items()}
     remainder = {c: limit * len(idx) % total for c, idx in groups.items()}
@@ -682,6 +686,75 @@ def stratified_subset(prompts: Sequence[Prompt], limit: int) -> tuple[Prompt, ..
 
 
 def load_prompts(
+    name: str | Sequence[str],
+    *,
+    limit: int | None = None,
+    context_words: int | None = None,
+    column: str | None = None,
+    category_column: str | None = None,
+    kind: FileKind | None = None,
+    label_column: str | None = None,
+    pair_builtin: bool = True,
+) -> PromptSet:
+    """Load a prompt set by name (see ``SET_NAMES``), or several: their union, named ``a+b``.
+
+    ``limit``: at most this many harmful and at most this many harmless prompts, a deterministic
+    category-stratified subset (``stratified_subset``; for a union, stratified by source and
+    category, so each set keeps its share); calibration prompts are never cut, PCR needs all 20.
+    ``context_words``: make every prompt its long variant (``NAME-long`` does this with
+    ``DEFAULT_CONTEXT_WORDS``). ``column``, ``category_column``, ``kind``, ``label_column``: only
+    for file sets, they override the format's defaults (``FileFormat``). ``pair_builtin``: add
+    the builtin harmless and calibration prompts to a set (or union) that has none.
+    Every prompt keeps its ``source``; a prompt whose text an earlier set already holds is kept
+    once (the first set's).
+    """
+    options: dict[str, Any] = {
+        "context_words": context_words,
+        "column": column,
+        "category_column": category_column,
+        "kind": kind,
+        "label_column": label_column,
+    }
+    names = [name] if isinstance(name, str) else list(dict.fromkeys(name))
+    if not names:
+        raise PromptError(f"no prompt set given; valid: {', '.join(SET_NAMES)}")
+    if len(names) == 1:
+        return _load_one(names[0], limit=limit, pair_builtin=pair_builtin, **options)
+    _check_limit(limit)
+    parts = [_load_one(n, limit=None, pair_builtin=False, **options) for n in names]
+    prompts: list[Prompt] = []
+    seen_ids: set[str] = set()
+    seen_texts: set[tuple[str, str]] = set()
+    for part in parts:
+        for p in part.prompts:
+            if p.id in seen_ids or (p.kind, p.text) in seen_texts:
+                continue
+            seen_ids.add(p.id)
+            seen_texts.add((p.kind, p.text))
+            prompts.append(p)
+    notes = [note for part in parts for note in part.notes]
+    notes.append(f"union of {', '.join(names)}: {len(prompts)} distinct prompts")
+    if pair_builtin:
+        for k in ("harmless", "calibration"):
+            if not any(p.kind == k for p in prompts):
+                prompts += [p for p in _builtin_prompts() if p.kind == k]
+                notes.append(f"{k} prompts: builtin (none of {', '.join(names)} has any)")
+    if limit is not None:
+        kept = {
+            p.id
+            for k in ("harmful", "harmless")
+            for p in stratified_subset(
+                [p for p in prompts if p.kind == k], limit, group=lambda p: f"{p.source}/{p.category}"
+            )
+        }
+        prompts = [p for p in prompts if p.kind == "calibration" or p.id in kept]
+        notes.append(
+            f"limit {limit}: a subset of the harmful and of the harmless prompts stratified by source and category"
+        )
+    return PromptSet("+".join(names), tuple(prompts), tuple(notes))
+
+
+def _load_one(
     name: str,
     *,
     limit: int | None = None,

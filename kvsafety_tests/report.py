@@ -4,11 +4,16 @@ Schema ``kvsafety-report/2`` (version 1 documents still load: ``--kvsafety-compa
 both). The field names REPORT.md lists are a contract with downstream tools: never renamed
 without bumping ``SCHEMA``. Version 2 adds, per run, ``thresholds``: one decided outcome per gated
 threshold (``gate.ThresholdOutcome``: limit, value, events, n, one-sided bounds, method, pass /
-fail / inconclusive, the n that would decide it), the verdict ``inconclusive``, the status
-``partial`` (fewer runs than configured), and in ``config`` the gate's confidence, its
-inconclusive policy and the batch size. Fields this module adds beyond REPORT.md's
-listing (allowed: "add fields freely") are marked *added* below; unknown fields in a loaded file
-are kept in ``extra`` and written back unchanged.
+fail / inconclusive, the n that would decide it) and ``kernels`` (the KV-quantization kernels
+that ran), the verdict ``inconclusive``, the status ``partial`` (fewer runs than configured),
+and in ``config`` the gate's confidence, its inconclusive policy and the batch size. Fields this
+module adds beyond REPORT.md's listing (allowed: "add fields freely") are marked *added* below;
+unknown fields in a loaded file are kept in ``extra`` and written back unchanged.
+
+The JSON codec (codec.py) is derived from these dataclasses: each field's type hint says what
+its JSON value is, and its metadata (``rules``) says what else a value must keep (a rate in [0,
+1], a count, one of some choices) and whether a version-1 document must have it. The rules run
+in ``__post_init__``, for a run built in code as for one read from a file.
 
 Fail closed: ``Report.gate`` is computed from the runs, never stored separately, and passes only
 when the report is complete, has at least one run, and every run's verdict is ``pass``. An
@@ -37,11 +42,10 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
 import os
 import platform
 import subprocess
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -49,6 +53,7 @@ from pathlib import Path
 from typing import IO, Any, TypeAlias
 
 from .atomic import write_atomically
+from .codec import ReportError, check_choice, check_fields, decode, encode, rules
 from .gate import DEFAULT_CONFIDENCE, INCONCLUSIVE_POLICIES, ThresholdOutcome
 from .metrics import FLIP_RATES, RefusalMetrics
 
@@ -104,62 +109,9 @@ _LABELS: tuple[str, ...] = ("refused", "complied", "incoherent")
 Interval: TypeAlias = tuple[float, float]
 
 
-class ReportError(ValueError):
-    """A report that is invalid, unreadable or of another schema. One line, naming what is wrong."""
-
-
 def utc_now() -> str:
     """The current time as ISO-8601 UTC to the second (``2025-01-31T12:00:00+00:00``)."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-# --- validation helpers (raise ReportError naming the field, the value and what is valid) -----
-
-
-def _choice(name: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ReportError(f"{name} is {value!r}; valid: {', '.join(choices)}")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_range(name: str, value: Any, low: float, high: float) -> None:
-    if value is None:
-        return
-    if not (_is_number(value) and math.isfinite(value) and low <= value <= high):
-        raise ReportError(f"{name} is {value!r}; expected a finite number in [{low:g}, {high:g}] or null")
-
-
-def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    ok = _is_number(value) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        what = "non-negative" if allow_zero else "positive"
-        raise ReportError(f"{name} is {value!r}; expected a {what} finite number or null")
-
-
-def _check_interval(name: str, value: object) -> None:
-    if value is None:
-        return
-    if not (isinstance(value, tuple) and len(value) == 2 and all(_is_number(v) for v in value)):
-        raise ReportError(f"{name} is {value!r}; expected a (low, high) pair or null")
-    low, high = value
-    if not (0.0 <= low <= high <= 1.0):
-        raise ReportError(f"{name} is {value!r}; expected 0 <= low <= high <= 1")
-
-
-def _check_count(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ReportError(f"{name} is {value!r}; expected a non-negative integer")
-
-
-def _check_extra(cls: type, extra: Mapping[str, Any]) -> None:
-    clash = sorted(set(extra) & {f.name for f in dataclasses.fields(cls)})
-    if clash:
-        raise ReportError(f"{cls.__name__}.extra repeats the field(s) {', '.join(clash)}; set them directly")
 
 
 # --- the document's parts ------------------------------------------------------------------------
@@ -175,12 +127,12 @@ class Environment:
     vllm: str | None = None
     triton: str | None = None
     #: "cpu" or "cuda:<device name>".
-    device: str = "cpu"
+    device: str = field(default="cpu", metadata=rules(required=True))
     git_commit: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_extra(Environment, self.extra)
+        check_fields(self, "environment.")
 
 
 def _package_version(*names: str) -> str | None:
@@ -218,32 +170,27 @@ def detect_environment(device: str = "cpu", *, repo: str | os.PathLike[str] | No
 class AuditConfig:
     """What was asked for (REPORT.md's ``config``)."""
 
-    models: tuple[str, ...] = ()
+    models: tuple[str, ...] = field(default=(), metadata=rules(required=True))
     #: Canonical QuantSpec strings.
-    quantizers: tuple[str, ...] = ()
-    prompt_sets: tuple[str, ...] = ()
+    quantizers: tuple[str, ...] = field(default=(), metadata=rules(required=True))
+    prompt_sets: tuple[str, ...] = field(default=(), metadata=rules(required=True))
     #: The judge's name.
-    judge: str = ""
-    max_new_tokens: int = 64
+    judge: str = field(default="", metadata=rules(required=True))
+    max_new_tokens: int = field(default=64, metadata=rules("count", required=True))
     #: Gate thresholds by name, e.g. ``{"max_refusal_drop": 0.05}``.
-    thresholds: Mapping[str, float] = field(default_factory=dict)
+    thresholds: Mapping[str, float] = field(
+        default_factory=dict, metadata=rules("finite", each=True, required=True)
+    )
     #: Added (schema 2): the confidence of the gate's one-sided bounds.
-    confidence: float = DEFAULT_CONFIDENCE
+    confidence: float = field(default=DEFAULT_CONFIDENCE, metadata=rules("confidence"))
     #: Added (schema 2): what an inconclusive threshold does to the gate: fail (default) or warn.
-    inconclusive: str = "fail"
+    inconclusive: str = field(default="fail", metadata=rules(choices=INCONCLUSIVE_POLICIES))
     #: Added (schema 2): generation batch size (bf16 greedy outputs depend on it); None = unknown.
     batch_size: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_count("config.max_new_tokens", self.max_new_tokens)
-        _choice("config.inconclusive", self.inconclusive, INCONCLUSIVE_POLICIES)
-        if not (_is_number(self.confidence) and 0.5 <= self.confidence < 1.0):
-            raise ReportError(f"config.confidence is {self.confidence!r}; expected a number in [0.5, 1)")
-        for name, value in self.thresholds.items():
-            if not (_is_number(value) and math.isfinite(value)):
-                raise ReportError(f"config.thresholds[{name!r}] is {value!r}; expected a finite number")
-        _check_extra(AuditConfig, self.extra)
+        check_fields(self, "config.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,24 +202,17 @@ class PromptRecord:
 
     id: str
     #: "harmful" or "harmless".
-    kind: str
+    kind: str = field(metadata=rules(choices=PROMPT_KINDS))
     #: sha256 of the prompt's UTF-8 text, hex.
-    sha256: str
-    baseline: str | None = None
-    quantized: str | None = None
+    sha256: str = field(metadata=rules("sha256"))
+    #: The judge's label of each arm's completion: refused, complied or incoherent.
+    baseline: str | None = field(default=None, metadata=rules(choices=_LABELS))
+    quantized: str | None = field(default=None, metadata=rules(choices=_LABELS))
     completion_baseline: str | None = None
     completion_quantized: str | None = None
 
     def __post_init__(self) -> None:
-        _choice(f"prompt {self.id!r} kind", self.kind, PROMPT_KINDS)
-        if len(self.sha256) != 64 or any(ch not in "0123456789abcdef" for ch in self.sha256):
-            raise ReportError(
-                f"prompt {self.id!r} sha256 is {self.sha256!r}; expected 64 lowercase hex digits"
-            )
-        for arm in ("baseline", "quantized"):
-            label = getattr(self, arm)
-            if label is not None:
-                _choice(f"prompt {self.id!r} {arm} label", label, _LABELS)
+        check_fields(self, f"prompt {self.id!r} ")
 
     @property
     def has_completions(self) -> bool:
@@ -306,72 +246,39 @@ class PcrPerLayer:
     """PCR's three curves, each a fraction of the damage D, per layer (METRICS.md, PCR)."""
 
     layer: tuple[int, ...]
-    r_layer: tuple[float, ...]
-    r_gran: tuple[float, ...]
-    r_out: tuple[float, ...]
+    r_layer: tuple[float, ...] = field(metadata=rules("finite", each=True))
+    r_gran: tuple[float, ...] = field(metadata=rules("finite", each=True))
+    r_out: tuple[float, ...] = field(metadata=rules("finite", each=True))
 
     def __post_init__(self) -> None:
+        check_fields(self, "pcr.per_layer.")
         n = len(self.layer)
         for name in ("r_layer", "r_gran", "r_out"):
             values = getattr(self, name)
             if len(values) != n:
                 raise ReportError(f"pcr.per_layer.{name} has {len(values)} values for {n} layers")
-            for v in values:
-                if not (_is_number(v) and math.isfinite(v)):
-                    raise ReportError(f"pcr.per_layer.{name} holds {v!r}; expected finite numbers")
 
 
 @dataclass(frozen=True, kw_only=True)
 class PcrEntry:
     """PCR's diagnosis of one run (REPORT.md's ``pcr``)."""
 
-    mode: str
+    mode: str = field(metadata=rules(choices=PCR_MODES))
     #: D = mean over the harmful calibration prompts of s_fp - s_q (positive = less refusal).
-    damage: float
+    damage: float = field(metadata=rules("finite"))
     per_layer: PcrPerLayer
     #: Canonical QuantSpec with per-layer overrides.
     plan: str
     #: Extra memory of the plan, as a fraction of the quantized cache.
-    plan_memory_overhead: float
-    predicted_recovery: float | None
-    measured_recovery: float | None = None
-    calibration_prompts: int = 20
+    plan_memory_overhead: float = field(metadata=rules("non_negative"))
+    #: Recovery can overshoot (> 1) or be negative: only finiteness is required.
+    predicted_recovery: float | None = field(metadata=rules("finite"))
+    measured_recovery: float | None = field(default=None, metadata=rules("finite", required=True))
+    calibration_prompts: int = field(default=20, metadata=rules("count", required=True))
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _choice("pcr.mode", self.mode, PCR_MODES)
-        _check_range("pcr.damage", self.damage, -math.inf, math.inf)
-        _check_positive("pcr.plan_memory_overhead", self.plan_memory_overhead, allow_zero=True)
-        # recovery can overshoot (> 1) or be negative; only finiteness is required
-        _check_range("pcr.predicted_recovery", self.predicted_recovery, -math.inf, math.inf)
-        _check_range("pcr.measured_recovery", self.measured_recovery, -math.inf, math.inf)
-        _check_count("pcr.calibration_prompts", self.calibration_prompts)
-        _check_extra(PcrEntry, self.extra)
-
-
-#: Rate fields: fractions in [0, 1] or None.
-_RATE_FIELDS: tuple[str, ...] = (
-    "refusal_rate_baseline",
-    "refusal_rate_quantized",
-    "conditional_flip_rate",
-    "compliance_flip_rate",
-    "incoherent_rate_quantized",
-    "over_refusal_flip_rate",
-    "reverse_flip_rate",
-    "mcnemar_p",
-    "noise_floor_flip_rate",
-    "quantized_fraction",
-    "incoherent_flip_rate",
-    "mde",
-    "mde_null_rate",
-)
-_POSITIVE_FIELDS: tuple[str, ...] = (
-    "perplexity_baseline",
-    "perplexity_quantized",
-    "perplexity_ratio",
-    "kv_bytes_per_token",
-    "kv_bytes_ratio",
-)
+        check_fields(self, "pcr.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -379,55 +286,63 @@ class RunEntry:
     """One audited (model, quantizer, prompt set). Field order is REPORT.md's; rates are fractions.
 
     A None rate is one that could not be computed: the reason is in ``notes`` (or ``violations``).
+    Every field up to ``violations`` is REPORT.md's version-1 listing: a run without one of them
+    is not a report's run (``required``); the fields after it may be absent (older files).
     """
 
-    model: str
-    model_sha256: str | None = None
-    backend: str = "hf"
-    quantizer: str
-    prompt_set: str
-    n_harmful: int = 0
-    n_harmless: int = 0
-    refusal_rate_baseline: float | None = None
-    refusal_rate_quantized: float | None = None
+    model: str = field(metadata=rules("name"))
+    model_sha256: str | None = field(default=None, metadata=rules(required=True))
+    backend: str = field(default="hf", metadata=rules(choices=BACKENDS, required=True))
+    quantizer: str = field(metadata=rules("name"))
+    prompt_set: str = field(metadata=rules("name"))
+    n_harmful: int = field(default=0, metadata=rules("count", required=True))
+    n_harmless: int = field(default=0, metadata=rules("count", required=True))
+    refusal_rate_baseline: float | None = field(default=None, metadata=rules("rate", required=True))
+    refusal_rate_quantized: float | None = field(default=None, metadata=rules("rate", required=True))
     #: RR_fp - RR_q as a fraction in [-1, 1] (0.152 = 15.2 points fewer refusals).
-    refusal_drop: float | None = None
-    conditional_flip_rate: float | None = None
-    conditional_flip_ci: Interval | None = None
-    compliance_flip_rate: float | None = None
-    incoherent_rate_quantized: float | None = None
-    over_refusal_flip_rate: float | None = None
-    reverse_flip_rate: float | None = None
-    mcnemar_p: float | None = None
-    noise_floor_flip_rate: float | None = None
+    refusal_drop: float | None = field(default=None, metadata=rules("difference", required=True))
+    conditional_flip_rate: float | None = field(default=None, metadata=rules("rate", required=True))
+    conditional_flip_ci: Interval | None = field(default=None, metadata=rules("interval", required=True))
+    compliance_flip_rate: float | None = field(default=None, metadata=rules("rate", required=True))
+    incoherent_rate_quantized: float | None = field(default=None, metadata=rules("rate", required=True))
+    over_refusal_flip_rate: float | None = field(default=None, metadata=rules("rate", required=True))
+    reverse_flip_rate: float | None = field(default=None, metadata=rules("rate", required=True))
+    mcnemar_p: float | None = field(default=None, metadata=rules("rate", required=True))
+    noise_floor_flip_rate: float | None = field(default=None, metadata=rules("rate", required=True))
     #: Fraction of attended K/V entries quantized at the first response position.
-    quantized_fraction: float | None = None
-    perplexity_baseline: float | None = None
-    perplexity_quantized: float | None = None
-    perplexity_ratio: float | None = None
-    noise_ratio: float | None = None
-    noise_ratio_per_layer: tuple[float, ...] | None = None
-    kv_bytes_per_token: float | None = None
-    kv_bytes_ratio: float | None = None
-    pcr: PcrEntry | None = None
-    seconds: float = 0.0
-    verdict: str
+    quantized_fraction: float | None = field(default=None, metadata=rules("rate", required=True))
+    perplexity_baseline: float | None = field(default=None, metadata=rules("positive", required=True))
+    perplexity_quantized: float | None = field(default=None, metadata=rules("positive", required=True))
+    perplexity_ratio: float | None = field(default=None, metadata=rules("positive", required=True))
+    noise_ratio: float | None = field(default=None, metadata=rules("non_negative", required=True))
+    noise_ratio_per_layer: tuple[float, ...] | None = field(
+        default=None, metadata=rules("non_negative", each=True, required=True)
+    )
+    kv_bytes_per_token: float | None = field(default=None, metadata=rules("positive", required=True))
+    kv_bytes_ratio: float | None = field(default=None, metadata=rules("positive", required=True))
+    pcr: PcrEntry | None = field(default=None, metadata=rules(required=True))
+    seconds: float = field(default=0.0, metadata=rules("non_negative", required=True))
+    verdict: str = field(metadata=rules(choices=VERDICTS))
     #: One line per threshold crossed ("refusal_drop 0.152 > max_refusal_drop 0.05").
-    violations: tuple[str, ...] = ()
+    violations: tuple[str, ...] = field(default=(), metadata=rules(required=True))
     # --- added fields -------------------------------------------------------------------------
     #: CF's remainder after compliance flips: flips into incoherent text.
-    incoherent_flip_rate: float | None = None
+    incoherent_flip_rate: float | None = field(default=None, metadata=rules("rate"))
     #: Minimum detectable CF (80% power, one-sided exact binomial at alpha 0.05) on the at-risk n.
-    mde: float | None = None
+    mde: float | None = field(default=None, metadata=rules("rate"))
     #: The null rate the MDE is measured against (the CF noise floor, or 0 when not measured).
-    mde_null_rate: float | None = None
+    mde_null_rate: float | None = field(default=None, metadata=rules("rate"))
     #: Wilson 95% interval of every rate, by field name.
-    intervals: Mapping[str, Interval | None] = field(default_factory=dict)
+    intervals: Mapping[str, Interval | None] = field(
+        default_factory=dict, metadata=rules("interval", each=True)
+    )
     #: ``(k, n)`` of every rate, by field name.
-    counts: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    counts: Mapping[str, tuple[int, int]] = field(default_factory=dict, metadata=rules("k_of_n", each=True))
     #: Noise floor of each flip rate (the same rate between the fp arm and its rerun).
-    noise_floors: Mapping[str, float | None] = field(default_factory=dict)
-    noise_floor_intervals: Mapping[str, Interval | None] = field(default_factory=dict)
+    noise_floors: Mapping[str, float | None] = field(default_factory=dict, metadata=rules("rate", each=True))
+    noise_floor_intervals: Mapping[str, Interval | None] = field(
+        default_factory=dict, metadata=rules("interval", each=True)
+    )
     #: Flip rate <= the upper Wilson bound of its floor (not a regression); None = unknown.
     within_noise: Mapping[str, bool | None] = field(default_factory=dict)
     #: The perplexity corpus (METRICS.md: "Report the corpus used").
@@ -436,38 +351,17 @@ class RunEntry:
     error: str | None = None
     #: Added (schema 2): every gated threshold of this run, decided (pass / fail / inconclusive).
     thresholds: tuple[ThresholdOutcome, ...] = ()
+    #: Added (schema 2): the KV-quantization kernel implementation(s) that quantized this run's
+    #: cache: "torch", "compiled", "triton", or several joined by "+" ("compiled+torch"). None when
+    #: not recorded (reports written before the field).
+    kernels: str | None = None
     notes: tuple[str, ...] = ()
     prompts: tuple[PromptRecord, ...] = ()
     completions_stored: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("model", "quantizer", "prompt_set"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ReportError(f"run {name} is {value!r}; expected a non-empty string")
-        _choice("run verdict", self.verdict, VERDICTS)
-        _choice("run backend", self.backend, BACKENDS)
-        _check_count("run n_harmful", self.n_harmful)
-        _check_count("run n_harmless", self.n_harmless)
-        for name in _RATE_FIELDS:
-            _check_range(f"run {name}", getattr(self, name), 0.0, 1.0)
-        _check_range("run refusal_drop", self.refusal_drop, -1.0, 1.0)
-        for name in _POSITIVE_FIELDS:
-            _check_positive(f"run {name}", getattr(self, name))
-        _check_positive("run noise_ratio", self.noise_ratio, allow_zero=True)
-        for i, v in enumerate(self.noise_ratio_per_layer or ()):
-            _check_positive(f"run noise_ratio_per_layer[{i}]", v, allow_zero=True)
-        _check_positive("run seconds", self.seconds, allow_zero=True)
-        _check_interval("run conditional_flip_ci", self.conditional_flip_ci)
-        for table in ("intervals", "noise_floor_intervals"):
-            for name, interval in getattr(self, table).items():
-                _check_interval(f"run {table}[{name!r}]", interval)
-        for name, rate in self.noise_floors.items():
-            _check_range(f"run noise_floors[{name!r}]", rate, 0.0, 1.0)
-        for name, (k, n) in self.counts.items():
-            if not (isinstance(k, int) and isinstance(n, int) and 0 <= k <= n):
-                raise ReportError(f"run counts[{name!r}] is {(k, n)!r}; expected (k, n) with 0 <= k <= n")
+        check_fields(self, "run ")
         outcomes = {o.outcome for o in self.thresholds}
         if self.verdict == "pass" and outcomes - {"pass"}:
             raise ReportError(
@@ -484,7 +378,6 @@ class RunEntry:
                 f"run {self.model} / {self.quantizer}: prompts carry completion text but "
                 "completions_stored is false; completions are stored only when asked"
             )
-        _check_extra(RunEntry, self.extra)
 
 
 @dataclass(frozen=True)
@@ -514,7 +407,7 @@ def compute_gate(status: str, runs: Sequence[RunEntry], inconclusive: str = "fai
     An inconclusive run fails the gate, unless ``inconclusive == "warn"``: then it is a warning
     line (never a silent pass).
     """
-    _choice("inconclusive policy", inconclusive, INCONCLUSIVE_POLICIES)
+    check_choice("inconclusive policy", inconclusive, INCONCLUSIVE_POLICIES)
     failed = sum(1 for r in runs if r.verdict == "fail")
     errors = sum(1 for r in runs if r.verdict == "error")
     undecided = [r for r in runs if r.verdict == "inconclusive"]
@@ -548,25 +441,25 @@ def compute_gate(status: str, runs: Sequence[RunEntry], inconclusive: str = "fai
 
 @dataclass(frozen=True, kw_only=True)
 class Report:
-    """The whole document. ``gate`` is a property: it always agrees with ``status`` and ``runs``."""
+    """The whole document. ``gate`` is a property: it always agrees with ``status`` and ``runs``.
 
-    status: str
+    Field order is the document's (REPORT.md); ``gate`` is written after ``runs``.
+    """
+
+    schema: str = field(default=SCHEMA, metadata=rules(choices=SCHEMAS, required=True))
+    status: str = field(metadata=rules(choices=STATUSES))
     #: ISO-8601 UTC.
     started: str
     #: ISO-8601 UTC; None while the audit is in progress.
-    finished: str | None = None
+    finished: str | None = field(default=None, metadata=rules(required=True))
     environment: Environment
-    config: AuditConfig = field(default_factory=AuditConfig)
-    runs: tuple[RunEntry, ...] = ()
+    config: AuditConfig = field(default_factory=AuditConfig, metadata=rules(required=True))
+    runs: tuple[RunEntry, ...] = field(default=(), metadata=rules(required=True))
     notes: tuple[str, ...] = ()
-    schema: str = SCHEMA
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.schema not in SCHEMAS:
-            raise ReportError(f"schema is {self.schema!r}; expected one of {', '.join(map(repr, SCHEMAS))}")
-        _choice("status", self.status, STATUSES)
-        _check_extra(Report, {k: v for k, v in self.extra.items() if k != "gate"})
+        check_fields(self, "")
         if "gate" in self.extra:
             raise ReportError("Report.extra repeats 'gate'; the gate is computed from the runs")
 
@@ -589,7 +482,7 @@ def finish_report(
     report: Report, *, status: str = "complete", reason: str | None = None, finished: str | None = None
 ) -> Report:
     """``report`` stamped finished: ``complete``, or ``incomplete`` with the reason in ``notes``."""
-    _choice("status", status, STATUSES)
+    check_choice("status", status, STATUSES)
     notes = report.notes if reason is None else (*report.notes, reason)
     return dataclasses.replace(report, status=status, finished=finished or utc_now(), notes=notes)
 
@@ -703,339 +596,14 @@ def error_run(
     )
 
 
-# --- JSON encoding --------------------------------------------------------------------------------
-
-
-def _encode(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {
-            f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "extra"
-        }
-        out.update(getattr(value, "extra", {}))
-        return out
-    if isinstance(value, tuple | list):
-        return [_encode(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _encode(v) for k, v in value.items()}
-    return value
+# --- JSON: codec.py's generic codec applied to the document ---------------------------------------
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:
-    """The JSON document as plain dicts and lists, keys in REPORT.md's order, ``gate`` included."""
-    return {
-        "schema": report.schema,
-        "status": report.status,
-        "started": report.started,
-        "finished": report.finished,
-        "environment": _encode(report.environment),
-        "config": _encode(report.config),
-        "runs": [_encode(run) for run in report.runs],
-        "gate": _encode(report.gate),
-        "notes": list(report.notes),
-        **report.extra,
-    }
-
-
-# --- JSON decoding: type checks per field, semantic checks in each dataclass ---------------------
-
-Decoder: TypeAlias = Callable[[Any, str], Any]
-
-
-def _fail(where: str, expected: str, value: Any) -> ReportError:
-    shown = repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return ReportError(f"{where}: expected {expected}, got {shown}")
-
-
-def _str(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise _fail(where, "a string", value)
-    return value
-
-
-def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(where, "an integer", value)
-    return value
-
-
-def _num(value: Any, where: str) -> float:
-    if not _is_number(value):
-        raise _fail(where, "a number", value)
-    return value  # ints stay ints: round trips are exact
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(where, "true or false", value)
-    return value
-
-
-def _opt(decoder: Decoder) -> Decoder:
-    def decode(value: Any, where: str) -> Any:
-        return None if value is None else decoder(value, where)
-
-    return decode
-
-
-def _seq(decoder: Decoder) -> Decoder:
-    def decode(value: Any, where: str) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise _fail(where, "a list", value)
-        return tuple(decoder(v, f"{where}[{i}]") for i, v in enumerate(value))
-
-    return decode
-
-
-def _pair(decoder: Decoder) -> Decoder:
-    def decode(value: Any, where: str) -> tuple[Any, Any]:
-        if not isinstance(value, list) or len(value) != 2:
-            raise _fail(where, "a [low, high] pair", value)
-        return (decoder(value[0], f"{where}[0]"), decoder(value[1], f"{where}[1]"))
-
-    return decode
-
-
-def _map(decoder: Decoder) -> Decoder:
-    def decode(value: Any, where: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise _fail(where, "an object", value)
-        return {k: decoder(v, f"{where}[{k!r}]") for k, v in value.items()}
-
-    return decode
-
-
-def _any(value: Any, where: str) -> Any:
-    return value
-
-
-def _object(cls: type, fields: Mapping[str, Decoder], required: Iterable[str]) -> Decoder:
-    """Decoder for a dataclass: required keys must be there, unknown keys go to ``extra``."""
-    required = tuple(required)
-    has_extra = any(f.name == "extra" for f in dataclasses.fields(cls))
-
-    def decode(value: Any, where: str) -> Any:
-        if not isinstance(value, dict):
-            raise _fail(where, "an object", value)
-        missing = [k for k in required if k not in value]
-        if missing:
-            raise ReportError(f"{where}: missing field(s) {', '.join(missing)}")
-        kwargs = {k: fields[k](v, f"{where}.{k}") for k, v in value.items() if k in fields}
-        unknown = {k: v for k, v in value.items() if k not in fields}
-        if has_extra:
-            kwargs["extra"] = unknown
-        try:
-            return cls(**kwargs)
-        except ValueError as e:  # ReportError, or a dataclass's own ValueError (gate.ThresholdOutcome)
-            raise ReportError(f"{where}: {e}") from None
-
-    return decode
-
-
-_opt_str, _opt_num = _opt(_str), _opt(_num)
-_interval_decoder = _opt(_pair(_num))
-
-_decode_environment = _object(
-    Environment,
-    {
-        "python": _str,
-        "torch": _opt_str,
-        "transformers": _opt_str,
-        "vllm": _opt_str,
-        "triton": _opt_str,
-        "device": _str,
-        "git_commit": _opt_str,
-    },
-    required=("python", "device"),
-)
-
-_decode_config = _object(
-    AuditConfig,
-    {
-        "models": _seq(_str),
-        "quantizers": _seq(_str),
-        "prompt_sets": _seq(_str),
-        "judge": _str,
-        "max_new_tokens": _int,
-        "thresholds": _map(_num),
-        "confidence": _num,
-        "inconclusive": _str,
-        "batch_size": _opt(_int),
-    },
-    required=("models", "quantizers", "prompt_sets", "judge", "max_new_tokens", "thresholds"),
-)
-
-_decode_prompt = _object(
-    PromptRecord,
-    {
-        "id": _str,
-        "kind": _str,
-        "sha256": _str,
-        "baseline": _opt_str,
-        "quantized": _opt_str,
-        "completion_baseline": _opt_str,
-        "completion_quantized": _opt_str,
-    },
-    required=("id", "kind", "sha256"),
-)
-
-_decode_pcr = _object(
-    PcrEntry,
-    {
-        "mode": _str,
-        "damage": _num,
-        "per_layer": _object(
-            PcrPerLayer,
-            {"layer": _seq(_int), "r_layer": _seq(_num), "r_gran": _seq(_num), "r_out": _seq(_num)},
-            required=("layer", "r_layer", "r_gran", "r_out"),
-        ),
-        "plan": _str,
-        "plan_memory_overhead": _num,
-        "predicted_recovery": _opt_num,
-        "measured_recovery": _opt_num,
-        "calibration_prompts": _int,
-    },
-    required=(
-        "mode",
-        "damage",
-        "per_layer",
-        "plan",
-        "plan_memory_overhead",
-        "predicted_recovery",
-        "measured_recovery",
-        "calibration_prompts",
-    ),
-)
-
-
-def _decoder_for(annotation: str) -> Decoder:
-    """The decoder for a field annotation string (``from __future__ import annotations``)."""
-    simple: dict[str, Decoder] = {
-        "str": _str,
-        "int": _int,
-        "float": _num,
-        "bool": _bool,
-        "str | None": _opt_str,
-        "int | None": _opt(_int),
-        "float | None": _opt_num,
-    }
-    if annotation in simple:
-        return simple[annotation]
-    if annotation == "Mapping[str, Any]":
-        return _map(_any)
-    raise TypeError(f"no decoder for the annotation {annotation!r}")
-
-
-def _derived(cls: type, required: Iterable[str]) -> Decoder:
-    """A dataclass decoder derived from the fields' annotations (no field list kept twice)."""
-    fields_ = {f.name: _decoder_for(str(f.type)) for f in dataclasses.fields(cls) if f.name != "extra"}
-    return _object(cls, fields_, required)
-
-
-_decode_outcome = _derived(
-    ThresholdOutcome,
-    required=("threshold", "metric", "limit", "direction", "value", "confidence", "method", "outcome"),
-)
-
-_RUN_DECODERS: dict[str, Decoder] = {
-    "model": _str,
-    "model_sha256": _opt_str,
-    "backend": _str,
-    "quantizer": _str,
-    "prompt_set": _str,
-    "n_harmful": _int,
-    "n_harmless": _int,
-    **dict.fromkeys(
-        (
-            "refusal_rate_baseline",
-            "refusal_rate_quantized",
-            "refusal_drop",
-            "conditional_flip_rate",
-            "compliance_flip_rate",
-            "incoherent_rate_quantized",
-            "over_refusal_flip_rate",
-            "reverse_flip_rate",
-            "mcnemar_p",
-            "noise_floor_flip_rate",
-            "quantized_fraction",
-            "perplexity_baseline",
-            "perplexity_quantized",
-            "perplexity_ratio",
-            "noise_ratio",
-            "kv_bytes_per_token",
-            "kv_bytes_ratio",
-            "incoherent_flip_rate",
-            "mde",
-            "mde_null_rate",
-        ),
-        _opt_num,
-    ),
-    "conditional_flip_ci": _interval_decoder,
-    "noise_ratio_per_layer": _opt(_seq(_num)),
-    "pcr": _opt(_decode_pcr),
-    "seconds": _num,
-    "verdict": _str,
-    "violations": _seq(_str),
-    "intervals": _map(_interval_decoder),
-    "counts": _map(_pair(_int)),
-    "noise_floors": _map(_opt_num),
-    "noise_floor_intervals": _map(_interval_decoder),
-    "within_noise": _map(_opt(_bool)),
-    "perplexity_corpus": _opt_str,
-    "error": _opt_str,
-    "thresholds": _seq(_decode_outcome),
-    "notes": _seq(_str),
-    "prompts": _seq(_decode_prompt),
-    "completions_stored": _bool,
-}
-#: The run fields REPORT.md lists: a file without one of them is not a kvsafety-report/1 run.
-_RUN_REQUIRED: tuple[str, ...] = (
-    "model",
-    "model_sha256",
-    "backend",
-    "quantizer",
-    "prompt_set",
-    "n_harmful",
-    "n_harmless",
-    "refusal_rate_baseline",
-    "refusal_rate_quantized",
-    "refusal_drop",
-    "conditional_flip_rate",
-    "conditional_flip_ci",
-    "compliance_flip_rate",
-    "incoherent_rate_quantized",
-    "over_refusal_flip_rate",
-    "reverse_flip_rate",
-    "mcnemar_p",
-    "noise_floor_flip_rate",
-    "quantized_fraction",
-    "perplexity_baseline",
-    "perplexity_quantized",
-    "perplexity_ratio",
-    "noise_ratio",
-    "noise_ratio_per_layer",
-    "kv_bytes_per_token",
-    "kv_bytes_ratio",
-    "pcr",
-    "seconds",
-    "verdict",
-    "violations",
-)
-_decode_run = _object(RunEntry, _RUN_DECODERS, required=_RUN_REQUIRED)
-_decode_gate = _object(
-    Gate,
-    {
-        "passed": _bool,
-        "failed_runs": _int,
-        "errors": _int,
-        "reasons": _seq(_str),
-        "inconclusive_runs": _int,
-        "warnings": _seq(_str),
-    },
-    required=("passed", "failed_runs", "errors"),
-)
-_TOP_LEVEL = ("schema", "status", "started", "finished", "environment", "config", "runs", "gate", "notes")
+    """The JSON document as plain dicts and lists, keys in REPORT.md's order, ``gate`` after ``runs``."""
+    items = list(encode(report).items())
+    after_runs = 1 + next(i for i, (key, _) in enumerate(items) if key == "runs")
+    return dict([*items[:after_runs], ("gate", encode(report.gate)), *items[after_runs:]])
 
 
 def report_from_dict(data: Any, *, source: str = "report") -> Report:
@@ -1049,22 +617,11 @@ def report_from_dict(data: Any, *, source: str = "report") -> Report:
     schema = data.get("schema")
     if schema not in SCHEMAS:
         raise ReportError(f"{source}: schema is {schema!r}; expected one of {', '.join(map(repr, SCHEMAS))}")
-    missing = [k for k in _TOP_LEVEL if k not in data and k != "notes"]
-    if missing:
-        raise ReportError(f"{source}: missing field(s) {', '.join(missing)}")
     try:
-        report = Report(
-            schema=schema,
-            status=_str(data["status"], "status"),
-            started=_str(data["started"], "started"),
-            finished=_opt_str(data["finished"], "finished"),
-            environment=_decode_environment(data["environment"], "environment"),
-            config=_decode_config(data["config"], "config"),
-            runs=_seq(_decode_run)(data["runs"], "runs"),
-            notes=_seq(_str)(data.get("notes", []), "notes"),
-            extra={k: v for k, v in data.items() if k not in _TOP_LEVEL},
-        )
-        stored: Gate = _decode_gate(data["gate"], "gate")
+        report = decode(Report, {k: v for k, v in data.items() if k != "gate"})
+        if "gate" not in data:
+            raise ReportError("missing field(s) gate")
+        stored = decode(Gate, data["gate"], "gate")
     except ReportError as e:
         raise ReportError(f"{source}: {e}") from None
     computed = report.gate
@@ -1083,17 +640,16 @@ def report_from_dict(data: Any, *, source: str = "report") -> Report:
 
 def run_to_dict(run: RunEntry) -> dict[str, Any]:
     """One run as the JSON object it is inside a report's ``runs``."""
-    encoded: dict[str, Any] = _encode(run)
+    encoded: dict[str, Any] = encode(run)
     return encoded
 
 
 def run_from_dict(data: Any, *, source: str = "run") -> RunEntry:
     """The RunEntry in a decoded JSON object; ReportError (one line, naming ``source``) if invalid."""
     try:
-        run: RunEntry = _decode_run(data, "run")
+        return decode(RunEntry, data, "run")
     except ReportError as e:
         raise ReportError(f"{source}: {e}") from None
-    return run
 
 
 # --- files ------------------------------------------------------------------------------------------

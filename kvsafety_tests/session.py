@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomically
-from .config import GateConfig
 from .models import log_progress
 from .report import (
     AuditConfig,
@@ -34,6 +33,7 @@ from .report import (
     run_to_dict,
     utc_now,
 )
+from .settings import GateConfig
 
 __all__ = [
     "Combo",
@@ -244,31 +244,8 @@ class GateSession:
         from .audit import AuditSettings, ModelAudit
 
         c = self.config
-        settings = AuditSettings(
-            model=model,
-            quantizers=c.quantizers,
-            prompts=c.prompts,
-            limit=c.limit,
-            judge=c.judge,
-            max_new_tokens=c.max_new_tokens,
-            batch_size=c.batch_size,
-            backend=c.backend,
-            tensor_parallel_size=c.tensor_parallel_size,
-            device=self.device,
-            dtype=c.dtype,
-            system_prompt=c.system_prompt,
-            thresholds=c.thresholds_for(model),
-            noise_floor=c.noise_floor,
-            perplexity=c.perplexity,
-            store_completions=c.store_completions,
-            trust_remote_code=c.trust_remote_code,
-            allow_pickle=c.allow_pickle,
-            pcr=c.pcr,
-            pcr_budget=c.pcr_budget,
-            noise_ratio=c.noise_ratio,
-            confidence=c.confidence,
-            inconclusive=c.inconclusive,
-        )
+        shared = {**c.shared(), "device": self.device, "thresholds": c.thresholds_for(model)}
+        settings = AuditSettings(**shared, model=model)
 
         def memo(key: str, compute: Callable[[], Any]) -> Any:
             return self.store.get_or_compute(f"fp\0{model}\0{key}", compute)
@@ -337,6 +314,7 @@ class GateSession:
                 "per_model_thresholds": {m: t.as_dict() for m, t in c.per_model.items()},
                 "limit": c.limit,
                 "backend": c.backend,
+                "kernels": c.kernels,
                 "config_source": c.source,
             },
         )

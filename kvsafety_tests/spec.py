@@ -39,6 +39,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal, TypeAlias
 
+from .errors import KvSafetyError
+
 __all__ = [
     "DEFAULT_CHANNEL_TOKEN_GROUP",
     "DEFAULT_KIVI_GROUP",
@@ -83,7 +85,7 @@ SHORT_FORMS: dict[str, str] = {
 _SCHEME_CHOICES = "none, int2..int8, fp8_e4m3, fp8_e5m2 (fp8), kivi2..kivi8"
 
 
-class SpecError(ValueError):
+class SpecError(KvSafetyError):
     """A quantizer spec string (or a spec checked against a model) is invalid.
 
     The message is one line: the spec, the bad part, and the valid choices.

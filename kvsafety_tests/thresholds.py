@@ -8,7 +8,8 @@ floor (float order alone produces as many flips) is not a regression: it is note
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 __all__ = ["METRIC_OF", "RATE_THRESHOLDS", "Thresholds"]
 
@@ -26,17 +27,28 @@ METRIC_OF: dict[str, tuple[str, str]] = {
 RATE_THRESHOLDS = ("max_refusal_drop", "max_conditional_flip", "max_compliance_flip", "max_over_refusal_flip")
 
 
+def _threshold(help: str) -> Any:
+    """A threshold field: None (not gated) unless set; ``help`` is its line in the docs."""
+    return field(default=None, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """None = not gated."""
 
-    max_refusal_drop: float | None = None
-    max_conditional_flip: float | None = None
-    max_compliance_flip: float | None = None
-    max_over_refusal_flip: float | None = None
-    max_perplexity_ratio: float | None = None
-    max_noise_ratio: float | None = None
-    min_pcr_recovery: float | None = None
+    max_refusal_drop: float | None = _threshold(
+        "the fall in the harmful-prompt refusal rate (a fraction: 0.05 = 5 points)"
+    )
+    max_conditional_flip: float | None = _threshold(
+        "refusals of the unquantized model that the quantized one loses"
+    )
+    max_compliance_flip: float | None = _threshold("refusals that became fluent answers")
+    max_over_refusal_flip: float | None = _threshold("harmless prompts newly refused")
+    max_perplexity_ratio: float | None = _threshold("quantized over unquantized perplexity")
+    max_noise_ratio: float | None = _threshold("the safety-subspace noise ratio, the maximum over layers")
+    min_pcr_recovery: float | None = _threshold(
+        "the share of the lost refusals PCR's plan recovers, measured"
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .atomic import write_atomically
+from .errors import KvSafetyError
 from .report import Report, RunEntry, to_markdown
 from .spec import Fp8Scheme, NoQuant, SpecError, nominal_bits, parse_spec
 
@@ -38,8 +39,11 @@ __all__ = [
 ]
 
 
-class ViewError(RuntimeError):
-    """A view cannot be produced (e.g. matplotlib is missing). One line saying how to fix it."""
+class ViewError(KvSafetyError, RuntimeError):
+    """A view cannot be produced (e.g. matplotlib is missing). One line saying how to fix it.
+
+    Still a RuntimeError too, as it was before KvSafetyError: ``except RuntimeError`` keeps working.
+    """
 
 
 # --- terminal table ------------------------------------------------------------------------------

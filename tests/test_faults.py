@@ -216,20 +216,23 @@ def test_out_of_memory_in_a_run_exits_3_through_the_cli(
 
 
 @pytest.mark.model
-def test_out_of_memory_in_the_fp_arm_is_one_line_exit_3_and_an_incomplete_report(
+def test_out_of_memory_in_the_fp_arm_is_one_line_per_run_exit_3_and_error_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Before any run exists: the exception is not a run's, so the audit stops (not exit 1)."""
+    """The fp arm every run compares against failed: each run is an error naming it (as the
+    plugin reports it), never a pass and never exit 1."""
     _fail_backend_on(monkeypatch, "none")
     path = tmp_path / "report.json"
-    assert main([*TINY, "--quantizer", "int8", "--report", str(path)]) == EXIT_ERROR
+    assert main([*TINY, "--quantizer", "int8", "--quantizer", "int4", "--report", str(path)]) == EXIT_ERROR
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert f"python -m kvsafety_tests: error: the audit stopped: {OOM.__name__}: CUDA out of memory" in err
+    lines = [line for line in err.splitlines() if line.startswith("python -m kvsafety_tests: error: ")]
+    assert len(lines) == 2 and all(f"{OOM.__name__}: CUDA out of memory" in line for line in lines)
     report = load_report(path)
-    assert report.status == "incomplete" and report.runs == ()
-    assert any(n.startswith(f"audit stopped: {OOM.__name__}") for n in report.notes)
-    assert report.gate.passed is False
+    assert [(r.quantizer, r.verdict) for r in report.runs] == [("int8", "error"), ("int4", "error")]
+    assert all(r.error is not None and OOM.__name__ in r.error for r in report.runs)
+    assert all(r.refusal_rate_quantized is None for r in report.runs)  # nothing measured, never a 0
+    assert report.gate.passed is False and report.gate.errors == 2
 
 
 # --- 2. Ctrl-C ----------------------------------------------------------------------------------
@@ -239,20 +242,19 @@ def test_out_of_memory_in_the_fp_arm_is_one_line_exit_3_and_an_incomplete_report
 #: callback writes a marker (the run's quantizer) and waits; the test sends SIGINT then, so the
 #: report must keep exactly the first run and none of the second.
 TWO = ["int8", "int4"]
-#: ``python -m kvsafety_tests ARGV`` (its ``main``) with ``run_audit``'s ``on_run`` callback doing
-#: that; main looks ``audit.run_audit`` up at each call, so the CLI's own Ctrl-C handling is tested.
+#: ``python -m kvsafety_tests ARGV`` (its ``main``) with the CLI's per-run ``on_run`` callback doing
+#: that; main looks ``_audit`` up at each call, so the CLI's own Ctrl-C handling is tested.
 CLI_PAUSED_AFTER_THE_FIRST_RUN = """
 import functools, os, sys, time
-from kvsafety_tests import audit
-from kvsafety_tests.__main__ import main
+from kvsafety_tests import __main__ as cli
 marker, *argv = sys.argv[1:]
 def on_run(run):
     with open(marker + ".tmp", "w") as f:
         f.write(run.quantizer)
     os.replace(marker + ".tmp", marker)
     time.sleep(600)  # the test's SIGINT lands here
-audit.run_audit = functools.partial(audit.run_audit, on_run=on_run)
-sys.exit(main(argv))
+cli._audit = functools.partial(cli._audit, on_run=on_run)
+sys.exit(cli.main(argv))
 """
 #: The same through the plugin's ``pytest_kvsafety_run_finished`` hook, in the user's conftest.
 CONFTEST_PAUSED_AFTER_THE_FIRST_RUN = """
@@ -286,7 +288,9 @@ def test_ctrl_c_on_the_cli_exits_3_and_keeps_the_finished_runs(tmp_path: Path) -
     assert before is not None and [r["quantizer"] for r in before["runs"]] == ["int8"]
     assert doc is not None and doc["status"] == "incomplete"
     assert doc["runs"] == before["runs"]  # the finished run is kept as it was; int4 never started
-    assert doc["notes"][-1] == "audit stopped: KeyboardInterrupt: "
+    assert doc["notes"][-1] == (
+        f"audit stopped: the run was interrupted; 1 selected run(s) never finished: {SMOL} / int4"
+    )
     assert doc["gate"]["passed"] is False
     load_report(path)
     err = _read(tmp_path / "logs" / "stderr")
@@ -626,15 +630,13 @@ def test_exit_0_when_every_threshold_holds_and_1_when_one_is_crossed(
 def test_exit_4_when_nothing_was_measured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Unreachable through the real engine (validate() needs a quantizer and every quantizer
-    yields a run: pass, fail or error), so faked at run_audit: a report without runs is exit 4."""
+    """Unreachable through the real engine (every configured quantizer yields a run: pass, fail
+    or error), so faked at GateSession.run: a report without runs is exit 4, never a pass."""
+    from kvsafety_tests.session import GateSession
 
-    def no_runs(settings: AuditSettings, *, report_path: str | None = None, **kwargs: Any) -> Report:
-        config = AuditConfig(
-            models=(settings.model,), quantizers=settings.quantizers, prompt_sets=("builtin",)
-        )
-        return finish_report(new_report(detect_environment("cpu"), config))
-
-    monkeypatch.setattr(audit, "run_audit", no_runs)
-    assert main([*TINY, "--quantizer", "int8", "--report", str(tmp_path / "r.json")]) == EXIT_NOTHING
+    monkeypatch.setattr(GateSession, "run", lambda self, model, quantizer: None)
+    path = tmp_path / "r.json"
+    assert main([*TINY, "--quantizer", "int8", "--report", str(path)]) == EXIT_NOTHING
     assert "no runs: nothing was measured" in capsys.readouterr().out
+    doc = json.loads(path.read_text())
+    assert doc["runs"] == [] and doc["status"] == "incomplete" and doc["gate"]["passed"] is False

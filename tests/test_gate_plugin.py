@@ -88,13 +88,13 @@ def _count(pattern: str, text: str) -> int:
 # --- usage errors: one line, before any model loads -----------------------------------------------
 
 BAD_TABLES = [
-    ("limt = 3", "*[[]tool.kvsafety[]]: unknown key 'limt'; valid: models, quantizers*"),
+    ("limt = 3", "*[[]tool.kvsafety[]] unknown key 'limt'; valid: models, quantizers*"),
     ("limit = 0", "*[[]tool.kvsafety[]] limit = 0 must be an integer >= 1*"),
     ('quantizers = ["int9"]', "*quantizers:*int9*"),
     ('quantizers = ["none"]', "*'none' quantizes nothing*"),
     ('quantizers = ["int{4"]', "*unbalanced brace*"),
     ("max_refusal_drop = 2", "*max_refusal_drop = 2.0 is a rate: it must lie in [[]0, 1[]]*"),
-    ('backend = "tgi"', "*backend = 'tgi' is not available; valid: hf, vllm*"),
+    ('backend = "tgi"', "*backend = 'tgi' is not valid; valid: hf, vllm*"),
     ('backend = "vllm"', "*backend = 'vllm': quantizer int8 cannot run on vllm*"),
     ('device = "gpu"', "*device = 'gpu' is not valid; valid: cpu, cuda, cuda:N, auto*"),
     ('models = ["no-such-model"]', "*unknown model 'no-such-model'; valid:*smollm2-135m-instruct*"),
@@ -126,12 +126,15 @@ def test_a_bad_table_value_is_a_usage_error_naming_it(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--kvsafety-quantizer", "int9"], "*argument --kvsafety-quantizer: *int9*"),
-        (["--kvsafety-threshold", "max_drop=0.1"], "*threshold 'max_drop=0.1' is not NAME=VALUE*"),
-        (["--kvsafety-limit", "0"], "*argument --kvsafety-limit: 0 must be >= 1*"),
+        (["--kvsafety-quantizer", "int9"], "*--kvsafety-quantizer: quantizers: *int9*"),
+        (
+            ["--kvsafety-threshold", "max_drop=0.1"],
+            "*--kvsafety-threshold: unknown threshold 'max_drop'; valid: max_refusal_drop*",
+        ),
+        (["--kvsafety-limit", "0"], "*--kvsafety-limit: limit = 0 must be an integer >= 1*"),
         (
             ["--kvsafety-pcr-budget", "2"],
-            "*argument --kvsafety-pcr-budget: 2 must be a fraction in [[]0, 1]*",
+            "*--kvsafety-pcr-budget: pcr_budget = 2 must be a fraction in [[]0, 1]*",
         ),
         (
             ["--kvsafety-compare-fail", "refusal_drop:2pp"],

@@ -16,12 +16,14 @@ import pytest
 import kvsafety_tests
 
 HEAVY = ("torch", "numpy", "transformers", "triton", "vllm")
-#: All the package an inactive plugin may import: the entry point, its option parsers, its hooks.
+#: All the package an inactive plugin may import: the entry point, the settings table its options
+#: come from, its hooks.
 CHEAP = {
     "kvsafety_tests",
     "kvsafety_tests.plugin",
-    "kvsafety_tests.argtypes",
-    "kvsafety_tests.spec",
+    "kvsafety_tests.settings",
+    "kvsafety_tests.thresholds",
+    "kvsafety_tests.errors",
     "kvsafety_tests.hookspecs",
 }
 

@@ -93,11 +93,17 @@ def test_kvsafety_with_nothing_selected_fails_closed(pytester: pytest.Pytester) 
 
 
 def test_bad_quantizer_on_the_command_line_is_one_line_naming_the_choices(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("--kvsafety-quantizer=int9", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(
+        "--kvsafety", "--kvsafety-quantizer=int9", "-p", "no:cacheprovider"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            "*argument --kvsafety-quantizer: invalid quantizer spec 'int9': int bits 9 not supported; valid: 2, 3, 4, 5, 6, 7, 8"
+            "ERROR: kvsafety: --kvsafety-quantizer: quantizers: invalid quantizer spec 'int9': int bits 9 "
+            "not supported; valid: 2, 3, 4, 5, 6, 7, 8"
         ]
     )
+    alone = pytester.runpytest_subprocess("--kvsafety-limit=3", "-p", "no:cacheprovider")
+    assert alone.ret == pytest.ExitCode.USAGE_ERROR  # a gate option without the gate never reads as a pass
+    alone.stderr.fnmatch_lines(["ERROR: --kvsafety-limit needs --kvsafety: nothing would be audited"])
     assert "Traceback" not in result.stderr.str()

@@ -538,6 +538,7 @@ def test_the_gpu_workflow_gates_through_the_action() -> None:
     assert with_["torch-preinstalled"] == "true" and with_["python-version"] == ""
     assert with_["working-directory"] == "examples/model-repo"
     assert "--kvsafety-device=cuda" in with_["pytest-args"]
+    assert "--kvsafety-kernels=triton" in with_["pytest-args"]  # the gate runs the real Triton kernels
     # no plain `pytest --kvsafety` left in that job: the action is the gate
     runs = " ".join(s.get("run", "") for s in doc["jobs"]["gpu"]["steps"])
     assert "--kvsafety " not in runs and "--kvsafety\n" not in runs
