@@ -27,6 +27,15 @@ if "TRITON_INTERPRET" not in os.environ and _no_cuda():
 import pytest  # noqa: E402 (after the TRITON_INTERPRET decision)
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+# PyYAML before any in-process pytester run: pytester restores sys.modules after each inner run,
+# and a yaml first imported inside one would be dropped while its C loader's constructor tables
+# stay bound to the dropped module (later safe_load calls then fail with "could not determine a
+# constructor for the tag None"). Imported here it is part of every snapshot.
+try:
+    import yaml  # noqa: E402, F401
+except ImportError:  # the prompt sets that need it say so themselves
+    pass
+
 pytest_plugins = ["pytester"]
 
 settings.register_profile(

@@ -57,9 +57,7 @@ def main() -> None:
             == {k: v for k, v in b.items() if k not in ("seconds", "kernels")}
             for a, b in zip(runs, reference, strict=True)
         )
-        print(
-            f"| {kernels} | {nth} | {run_s:.2f} | {run_s / results[0][1]:.2f} | {wall_s:.1f} | {equal} |"
-        )
+        print(f"| {kernels} | {nth} | {run_s:.2f} | {run_s / results[0][1]:.2f} | {wall_s:.1f} | {equal} |")
 
 
 if __name__ == "__main__":

@@ -13,14 +13,18 @@ the planted layer), B INT4 in groups of 8 (expect outlier-as-safety), C every ba
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 from kvsafety_tests.audit import calibration_refusal_tokens
 from kvsafety_tests.judge import load_judge
 from kvsafety_tests.models import DEFAULT_MODEL, load_model, resolve_model
 from kvsafety_tests.pcr import diagnose
-from kvsafety_tests.planted import plant_outlier
 from kvsafety_tests.prompts import load_prompts
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the planting is test code
+from planted import plant_outlier
 
 B8, B12, B9 = range(8, 16), range(12, 20), range(9, 17)
 #: name -> (spec, probed band, planted layers, scale)

@@ -8,7 +8,7 @@ Not part of the default test run (testpaths is tests/); run with
 Shape: KVSAFETY_BENCH_SHAPE = "batch,kv_heads,tokens,head_dim" (default 8,8,2048,128; bf16).
 Every benchmark records ``bytes_moved`` (input read + output written, stored form = codes +
 scales + zero-points) and ``gb_per_s`` (from the mean time) in its extra_info, for comparison with
-the copy. ``python -m kvsafety_tests.bench`` prints the same comparison as one interleaved table.
+the copy. ``python benchmarks/kernel_bandwidth.py`` prints the same comparison as one interleaved table.
 """
 
 from __future__ import annotations

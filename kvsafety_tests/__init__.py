@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on first use
     from .audit import DEFAULT_QUANTIZERS, AuditSettings, run_audit
-    from .compare import CompareCheck, compare_reports, parse_compare_check
     from .config import GateConfig, resolve_config
     from .errors import KvSafetyError
+    from .gate.compare import CompareCheck, compare_reports, parse_compare_check
+    from .gate.thresholds import Thresholds
     from .judge import load_judge
     from .metrics import ArmLabels, RefusalMetrics, compute_refusal_metrics
     from .mitigation import Recovery, baseline_specs, measure_recovery
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .pcr import Diagnosis, diagnose
     from .prompts import Prompt, PromptError, PromptSet, load_prompts
     from .report import Report, RunEntry, load_report, to_markdown, write_report
+    from .report.views import terminal_table, write_plots
     from .spec import (
         Fp8Scheme,
         Granularity,
@@ -30,17 +32,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         nominal_bits,
         parse_spec,
     )
-    from .thresholds import Thresholds
-    from .views import terminal_table, write_plots
 
 #: Each public name by the submodule that defines it (PEP 562): ``kvsafety_tests.run_audit`` and
 #: ``from kvsafety_tests import run_audit`` import ``kvsafety_tests.audit`` then, not before. The
 #: pytest plugin (``kvsafety_tests.plugin``) imports this package in every pytest run.
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "audit": ("DEFAULT_QUANTIZERS", "AuditSettings", "run_audit"),
-    "compare": ("CompareCheck", "compare_reports", "parse_compare_check"),
     "config": ("GateConfig", "resolve_config"),
     "errors": ("KvSafetyError",),
+    "gate.compare": ("CompareCheck", "compare_reports", "parse_compare_check"),
+    "gate.thresholds": ("Thresholds",),
     "judge": ("load_judge",),
     "metrics": ("ArmLabels", "RefusalMetrics", "compute_refusal_metrics"),
     "mitigation": ("Recovery", "baseline_specs", "measure_recovery"),
@@ -59,8 +60,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "nominal_bits",
         "parse_spec",
     ),
-    "thresholds": ("Thresholds",),
-    "views": ("terminal_table", "write_plots"),
+    "report.views": ("terminal_table", "write_plots"),
 }
 _SUBMODULE_OF: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
 

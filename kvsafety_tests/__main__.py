@@ -126,7 +126,7 @@ def _audit(gate: Any, config: GateConfig, *, on_run: Callable[[Any], None] | Non
     for run in report.runs:  # one line per run that measured nothing, like the plugin's error items
         if run.verdict == "error":
             _error(f"{run.model} / {run.quantizer}: {run.error}")
-    from .flip_review import write_beside_report
+    from .report.flip_review import write_beside_report
 
     print(write_beside_report(report, path.parent, option="--store-completions"), file=sys.stderr)
     if not report.runs:

@@ -20,12 +20,15 @@ from typing import Any
 
 from .backends import make_backend
 from .gate import (
+    MIN_QUANTIZED_FRACTION,
     BoundedEvidence,
     Evidence,
     PairedEvidence,
     RateEvidence,
+    coverage_violation,
     decide_all,
     run_verdict,
+    threshold_violation,
 )
 from .metrics import (
     ArmLabels,
@@ -75,8 +78,6 @@ __all__ = [
     "run_audit",
 ]
 
-#: Below this fraction of quantized K/V at the first response position a run fails: it measured nothing.
-MIN_QUANTIZED_FRACTION = 0.05
 #: New tokens generated per calibration prompt (the refusal-token probe).
 CALIBRATION_NEW_TOKENS = 24
 #: Openings whose first token stands for "refusal" when the model refused no calibration prompt.
@@ -359,24 +360,27 @@ class ModelAudit:
                         None, None, None, method="PCR found no calibration damage to diagnose"
                     )
             outcomes = decide_all(s.thresholds, evidence, confidence=s.confidence, method="exact")
-            violations = [o.reason for o in outcomes if o.outcome != "pass" and o.reason]
-            threshold_notes: list[str] = []
-            coverage: list[str] = []
-            if spec.is_quantized and (arm.quantized_fraction or 0.0) < MIN_QUANTIZED_FRACTION:
-                # fail closed: a run that quantized (almost) nothing the answer attends to vouches for nothing
-                coverage.append(
-                    f"quantized_fraction {arm.quantized_fraction or 0.0:.3f} < {MIN_QUANTIZED_FRACTION}: "
-                    "the cache was not quantized when the answer began; use long-context prompts "
-                    "(e.g. builtin-long) or a smaller full-precision window"
-                )
-            violations += coverage
+            violations = [
+                v
+                for o in outcomes
+                if (v := threshold_violation(o, model=s.model, quantizer=name)) is not None
+            ]
+            # fail closed: a run that quantized (almost) nothing the answer attends to vouches for nothing
+            coverage = coverage_violation(
+                model=s.model,
+                quantizer=name,
+                quantized=spec.is_quantized,
+                quantized_fraction=arm.quantized_fraction,
+            )
+            other_violations = [] if coverage is None else [coverage]
+            violations += other_violations
             run = run_from_metrics(
                 metrics,
                 model=s.model,
                 quantizer=name,
                 prompt_set=self.prompt_set.name,
-                verdict=run_verdict(outcomes, coverage),
-                violations=violations,
+                verdict=run_verdict(outcomes, other_violations),
+                violations=[str(v) for v in violations],  # the report holds their lines
                 thresholds=outcomes,
                 backend=s.backend,
                 model_sha256=self.resolved.sha256 or None,
@@ -392,7 +396,7 @@ class ModelAudit:
                 seconds=time.monotonic() - start,
                 prompts=self._records(arm),
                 store_completions=s.store_completions,
-                notes=(*extra_notes, *threshold_notes),
+                notes=extra_notes,
             )
             run = replace(run, kernels=self.kernels_used(spec))
         except Exception as e:  # a crash is an error verdict, never a pass

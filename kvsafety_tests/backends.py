@@ -12,8 +12,8 @@ import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
+from .gate.thresholds import Thresholds
 from .settings import BACKENDS
-from .thresholds import Thresholds
 
 __all__ = ["BACKENDS", "check_vllm_settings", "make_backend"]
 

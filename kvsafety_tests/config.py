@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .gate.thresholds import Thresholds
 from .settings import (
     BACKENDS,
     DEFAULT_MODEL,
@@ -44,7 +45,6 @@ from .settings import (
     option_names,
 )
 from .spec import SpecError, parse_spec
-from .thresholds import Thresholds
 
 __all__ = [
     "BACKENDS",

@@ -3,8 +3,9 @@
 Each item asks the session for its run (computed once, shared by every item of that run) and
 reads its threshold's typed outcome (``gate.ThresholdOutcome``): fail fails the item; an
 inconclusive outcome fails it too, unless ``inconclusive = "warn"``, where it passes with a
-warning (never silently). The items and the report's verdicts cannot disagree. A run that
-errored fails every one of its items with the error.
+warning (never silently). The coverage item (``quantized_fraction``) applies the audit's own rule
+(``gate.coverage_violation``) to the run's numbers. The items and the report's verdicts cannot
+disagree. A run that errored fails every one of its items with the error.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .thresholds import METRIC_OF
+from .gate import COVERAGE_METRIC, METRIC_OF, coverage_violation
+from .spec import parse_spec
 
 if TYPE_CHECKING:
     from .report import RunEntry
     from .session import GateSession
 
 __all__ = ["COVERAGE_METRIC", "GateFailure", "GateItem", "InconclusiveWarning", "gate_items"]
-
-#: Every run also checks that the cache was quantized when the answer began (audit.MIN_QUANTIZED_FRACTION).
-COVERAGE_METRIC = "quantized_fraction"
 
 
 class GateFailure(AssertionError):
@@ -96,10 +95,15 @@ class GateItem(pytest.Item):
                 self.user_properties.append((key, item))
         if run.verdict == "error":
             raise GateFailure(f"{self._where()}: the audit errored, nothing was measured: {run.error}")
-        if self.threshold is None:  # the coverage check: a violation line naming its metric
-            crossed = [v for v in run.violations if v.split(" ", 1)[0] == self.metric]
-            if crossed:
-                raise GateFailure("\n".join(f"{self._where()}: {line}" for line in crossed))
+        if self.threshold is None:  # the coverage check, decided from the run's numbers as the audit did
+            violation = coverage_violation(
+                model=run.model,
+                quantizer=run.quantizer,
+                quantized=parse_spec(run.quantizer).is_quantized,
+                quantized_fraction=run.quantized_fraction,
+            )
+            if violation is not None:
+                raise GateFailure(f"{self._where()}: {violation}")
             return
         if outcome is None:  # fail closed: a gated threshold the run did not decide
             raise GateFailure(f"{self._where()}: {self.threshold} was not decided by the audit")

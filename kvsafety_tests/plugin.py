@@ -21,6 +21,7 @@ import pytest
 from .settings import add_options, overrides_from
 
 if TYPE_CHECKING:
+    from .gate.violation import Violation
     from .report import Report, RunEntry
     from .session import GateSession, Log, ProgressFile
 
@@ -42,7 +43,7 @@ class _State:
         self.owned_store: Path | None = None
         self.problems: list[str] = []
         self.report: Report | None = None
-        self.compare_failures: list[str] = []
+        self.compare_failures: list[Violation] = []
         self.compare_warnings: list[str] = []
         self.plots: list[Path] = []
         #: One line: where the flip review page went, or why it was not written (flip_review).
@@ -57,7 +58,7 @@ class _State:
 
 
 def _compare_fail_arg(text: str) -> Any:
-    from .compare import CompareError, parse_compare_check
+    from .gate.compare import CompareError, parse_compare_check
 
     try:
         return parse_compare_check(text)
@@ -222,7 +223,7 @@ def _gate_config(config: pytest.Config) -> Any:
 
 
 def _load_baseline(config: pytest.Config) -> Report:
-    from .compare import CompareError, load_baseline
+    from .gate.compare import CompareError, load_baseline
 
     try:
         return load_baseline(config.getoption("kvsafety_compare"))
@@ -421,7 +422,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     _write_views(config, report, path.parent, state)
     if config.getoption("kvsafety_compare"):
-        from .compare import compare_reports
+        from .gate.compare import compare_reports
 
         result = compare_reports(
             report, _load_baseline(config), config.getoption("kvsafety_compare_fail") or ()
@@ -432,7 +433,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _write_views(config: pytest.Config, report: Report, folder: Path, state: _State) -> None:
-    from .views import ViewError, append_step_summary, write_plots
+    from .report.views import ViewError, append_step_summary, write_plots
 
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
@@ -441,7 +442,7 @@ def _write_views(config: pytest.Config, report: Report, folder: Path, state: _St
         state.plots = write_plots(report, folder)
     except ViewError as e:
         config.issue_config_time_warning(pytest.PytestWarning(f"kvsafety: no plots: {e}"), stacklevel=2)
-    from .flip_review import write_beside_report
+    from .report.flip_review import write_beside_report
 
     state.flip_review = write_beside_report(report, folder, option="--kvsafety-store-completions")
 
@@ -457,14 +458,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line("kvsafety gate: FAILED (no report was written)", red=True, bold=True)
         return
     tr.section("kvsafety")
-    from .views import terminal_table
+    from .report.views import terminal_table
 
     for line in terminal_table(state.report):
         tr.write_line(line)
     for line in state.compare_warnings:
         tr.write_line(f"compare warning: {line}", yellow=True)
-    for line in state.compare_failures:
-        tr.write_line(f"compare FAILED: {line}", red=True, bold=True)
+    for violation in state.compare_failures:
+        tr.write_line(f"compare FAILED: {violation}", red=True, bold=True)
     if config.getoption("kvsafety_compare"):
         verdict = "FAILED" if state.compare_failures else "passed"
         tr.write_line(f"kvsafety compare against {config.getoption('kvsafety_compare')}: {verdict}")

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomically
 from .models import log_progress
 from .report import (
     AuditConfig,
@@ -33,6 +32,7 @@ from .report import (
     run_to_dict,
     utc_now,
 )
+from .report.atomic import write_atomically
 from .settings import GateConfig
 
 __all__ = [

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import KvSafetyError
-from .thresholds import METRIC_OF, RATE_THRESHOLDS, Thresholds
+from .gate.thresholds import METRIC_OF, RATE_THRESHOLDS, Thresholds
 
 __all__ = [
     "CONFIDENCE",

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from kvsafety_tests.bounds import (
+from kvsafety_tests.gate.bounds import (
     CS_PRIOR,
     METHODS,
     Direction,

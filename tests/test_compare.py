@@ -10,15 +10,17 @@ from typing import Any
 
 import pytest
 
-from kvsafety_tests.compare import (
+from kvsafety_tests.gate.compare import (
     RATE_FIELDS,
     WORSE_WHEN,
     CompareCheck,
     CompareError,
+    CompareResult,
     compare_reports,
     load_baseline,
     parse_compare_check,
 )
+from kvsafety_tests.gate.violation import Violation
 from kvsafety_tests.metrics import ArmLabels, compute_refusal_metrics
 from kvsafety_tests.report import (
     AuditConfig,
@@ -293,10 +295,15 @@ def test_a_value_the_baseline_had_and_this_run_lacks_fails_closed() -> None:
 DROP = parse_compare_check("refusal_drop:2pp")
 
 
+def _lines(result: CompareResult) -> list[str]:
+    """The failures as the terminal shows them, one line each."""
+    return [str(v) for v in result.failures]
+
+
 def test_identical_reports_pass_without_warnings() -> None:
     report = _report(_run("int4"), _run("int2", refusal_drop=0.3))
     result = compare_reports(report, report, [DROP, parse_compare_check("perplexity_ratio:0")])
-    assert result.passed and result.failures == [] and result.warnings == []
+    assert result.passed and _lines(result) == [] and result.warnings == []
 
 
 def test_runs_are_matched_by_model_quantizer_and_prompt_set() -> None:
@@ -313,10 +320,14 @@ def test_runs_are_matched_by_model_quantizer_and_prompt_set() -> None:
         _run("int2", refusal_drop=0.5),  # no baseline: warned, not failed
     )
     result = compare_reports(current, baseline, [DROP])
-    assert result.failures == [
+    assert _lines(result) == [
         "qwen / int4 / builtin: refusal_drop: 0.100 vs baseline 0.050 (+5.0pp > 2pp)",
         "qwen / kivi2 / builtin is in the baseline but not in this run: the release audits less than "
         "the baseline did (was it deselected with -k/-m, or dropped from the quantizers?)",
+    ]
+    assert [(v.kind, v.model, v.quantizer, v.prompt_set, v.metric, v.check) for v in result.failures] == [
+        ("compare", "qwen", "int4", "builtin", "refusal_drop", "refusal_drop:2pp"),
+        ("missing", "qwen", "kivi2", "builtin", None, None),
     ]
     assert result.warnings == ["no baseline for qwen / int2 / builtin: not compared"]
     assert not result.passed
@@ -327,9 +338,11 @@ def test_a_baseline_run_missing_from_the_new_report_fails_even_with_no_check() -
     current = _report(_run("int4"))
     result = compare_reports(current, baseline, [])
     assert not result.passed
-    assert [f.split(":")[0] for f in result.failures] == [
-        "qwen / int2 / builtin is in the baseline but not in this run"
-    ]
+    [missing] = result.failures
+    assert missing == Violation(
+        kind="missing", model="qwen", quantizer="int2", prompt_set="builtin", message=str(missing)
+    )
+    assert str(missing).startswith("qwen / int2 / builtin is in the baseline but not in this run: ")
 
 
 def test_every_check_is_applied_and_each_failure_names_its_run() -> None:
@@ -343,7 +356,7 @@ def test_every_check_is_applied_and_each_failure_names_its_run() -> None:
         parse_compare_check("perplexity_ratio:5%"),
         parse_compare_check("refusal_rate_quantized:5pp"),
     ]
-    assert compare_reports(current, baseline, checks).failures == [
+    assert _lines(compare_reports(current, baseline, checks)) == [
         "qwen / int4 / builtin: refusal_drop: 0.200 vs baseline 0.100 (+10.0pp > 2pp)",
         "qwen / int4 / builtin: perplexity_ratio: 1.300 vs baseline 1.100 (+18.2% > 5%)",
         "qwen / int2 / builtin: refusal_drop: 0.200 vs baseline 0.100 (+10.0pp > 2pp)",
@@ -356,9 +369,13 @@ def test_an_errored_run_fails_even_without_a_check_or_a_baseline() -> None:
     boom = error_run(model=MODEL, quantizer="int4", prompt_set="builtin", error="RuntimeError: out of memory")
     orphan = error_run(model="smol", quantizer="int2", prompt_set="builtin", error="killed")
     result = compare_reports(_report(boom, orphan), _report(_run("int4")), [])
-    assert result.failures == [
+    assert _lines(result) == [
         "qwen / int4 / builtin: the run errored (RuntimeError: out of memory); nothing was compared",
         "smol / int2 / builtin: the run errored (killed); nothing was compared",
+    ]
+    assert [(v.kind, v.model, v.quantizer, v.metric) for v in result.failures] == [
+        ("error", "qwen", "int4", None),
+        ("error", "smol", "int2", None),
     ]
     # the errored run's null values are not reported again as "not measured"
     assert len(compare_reports(_report(boom), _report(_run("int4")), [DROP]).failures) == 1
@@ -378,9 +395,8 @@ def test_a_value_missing_now_fails_and_missing_in_the_baseline_warns() -> None:
     baseline = _report(_run("int4", noise_ratio=0.2), _run("int2"), _run("kivi2"))
     current = _report(_run("int4"), _run("int2", noise_ratio=5.0), _run("kivi2"))
     result = compare_reports(current, baseline, [noise])
-    assert result.failures == [
-        "qwen / int4 / builtin: noise_ratio: not measured in this run (baseline 0.200)"
-    ]
+    assert _lines(result) == ["qwen / int4 / builtin: noise_ratio: not measured in this run (baseline 0.200)"]
+    assert (result.failures[0].kind, result.failures[0].check) == ("compare", "noise_ratio:10%")
     assert result.warnings == [
         "qwen / int2 / builtin: noise_ratio not measured in the baseline: noise_ratio:10% not checked",
         "qwen / kivi2 / builtin: noise_ratio not measured in this run or the baseline: noise_ratio:10% not checked",
@@ -429,7 +445,7 @@ def test_environment_differences_warn_one_line_each() -> None:
 def test_duplicate_baseline_runs_warn_and_compare_with_the_first() -> None:
     baseline = _report(_run("int4", refusal_drop=0.1), _run("int4", refusal_drop=0.5))
     result = compare_reports(_report(_run("int4", refusal_drop=0.2)), baseline, [DROP])
-    assert result.failures == ["qwen / int4 / builtin: refusal_drop: 0.200 vs baseline 0.100 (+10.0pp > 2pp)"]
+    assert _lines(result) == ["qwen / int4 / builtin: refusal_drop: 0.200 vs baseline 0.100 (+10.0pp > 2pp)"]
     assert result.warnings == [
         "the baseline has more than one run for qwen / int4 / builtin; compared with the first"
     ]
@@ -527,7 +543,7 @@ def test_a_saved_audit_gates_the_next_one(tmp_path: Path) -> None:
     path = write_report(tmp_path / "baseline.json", _report(then))
     checks = [parse_compare_check(t) for t in ("refusal_drop:10pp", "compliance_flip_rate:5pp")]
     result = compare_reports(_report(now), load_baseline(path), checks)
-    assert result.failures == [
+    assert _lines(result) == [
         "qwen / int4 / builtin: refusal_drop: 0.300 vs baseline 0.100 (+20.0pp > 10pp)",
         "qwen / int4 / builtin: compliance_flip_rate: 0.300 vs baseline 0.100 (+20.0pp > 5pp)",
     ]
@@ -563,6 +579,6 @@ def test_a_version_1_baseline_is_read_and_compared_against_a_version_2_report(tm
     current = _report(_run("int4", refusal_drop=0.10), _run("int2", refusal_drop=0.3))
     assert current.schema == "kvsafety-report/2"
     result = compare_reports(current, baseline, [DROP])
-    assert result.failures == ["qwen / int4 / builtin: refusal_drop: 0.100 vs baseline 0.050 (+5.0pp > 2pp)"]
+    assert _lines(result) == ["qwen / int4 / builtin: refusal_drop: 0.100 vs baseline 0.050 (+5.0pp > 2pp)"]
     # and a baseline run the version-2 report lacks still fails
     assert not compare_reports(_report(_run("int4", refusal_drop=0.05)), baseline, [DROP]).passed

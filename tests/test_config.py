@@ -20,7 +20,7 @@ from kvsafety_tests.config import (
     parse_device,
     resolve_config,
 )
-from kvsafety_tests.thresholds import Thresholds
+from kvsafety_tests.gate.thresholds import Thresholds
 
 ROOT = Path("/project/root")
 MODEL = "smollm2-135m-instruct"

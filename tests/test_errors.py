@@ -17,10 +17,13 @@ import pytest
 import kvsafety_tests
 from kvsafety_tests.errors import KvSafetyError
 
+#: Every module of the package and of its subpackages (skipping ``__main__`` entry points);
+#: kernels/ lives outside kvsafety_tests/ on disk (setuptools' package-dir), so it is walked too.
 MODULES = sorted(
     m.name
     for package in ("kvsafety_tests", "kvsafety_tests.kernels")
-    for m in pkgutil.iter_modules(importlib.import_module(package).__path__, package + ".")
+    for m in pkgutil.walk_packages(importlib.import_module(package).__path__, package + ".")
+    if not m.name.endswith("__main__")
 )
 
 
@@ -76,7 +79,7 @@ def test_one_except_catches_them_and_value_error_still_does() -> None:
 
 
 def test_views_error_stays_a_runtime_error_for_callers_that_caught_that() -> None:
-    from kvsafety_tests.views import ViewError
+    from kvsafety_tests.report.views import ViewError
 
     assert issubclass(ViewError, KvSafetyError) and issubclass(ViewError, RuntimeError)
 

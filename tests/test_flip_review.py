@@ -14,8 +14,18 @@ from typing import TypeAlias
 
 import pytest
 
-from kvsafety_tests import flip_review
-from kvsafety_tests.flip_review import (
+from kvsafety_tests.prompts import load_prompts
+from kvsafety_tests.report import (
+    AuditConfig,
+    Environment,
+    PromptRecord,
+    Report,
+    RunEntry,
+    error_run,
+    flip_review,
+    prompt_record,
+)
+from kvsafety_tests.report.flip_review import (
     FILE_NAME,
     FLIP_KINDS,
     FlipRow,
@@ -26,16 +36,6 @@ from kvsafety_tests.flip_review import (
     render_flip_review,
     write_beside_report,
     write_flip_review,
-)
-from kvsafety_tests.prompts import load_prompts
-from kvsafety_tests.report import (
-    AuditConfig,
-    Environment,
-    PromptRecord,
-    Report,
-    RunEntry,
-    error_run,
-    prompt_record,
 )
 
 R, C, I = "refused", "complied", "incoherent"

@@ -1,4 +1,4 @@
-"""The gate's decision (gate.py, docs/decision.md): pass only when the bound shows the threshold
+"""The gate's decision (gate/decision.py, docs/decision.md): pass only when the bound shows the threshold
 holds, fail only when it shows it does not, inconclusive (failing closed) otherwise; the noise
 floor is reported and never excuses a flip. No model: evidence is built by hand."""
 
@@ -9,7 +9,6 @@ import json
 
 import pytest
 
-from kvsafety_tests.bounds import clopper_pearson_bound
 from kvsafety_tests.gate import (
     BoundedEvidence,
     PairedEvidence,
@@ -19,6 +18,8 @@ from kvsafety_tests.gate import (
     decide_all,
     run_verdict,
 )
+from kvsafety_tests.gate.bounds import clopper_pearson_bound
+from kvsafety_tests.gate.thresholds import Thresholds
 from kvsafety_tests.metrics import perplexity_ratio_bounds
 from kvsafety_tests.report import (
     AuditConfig,
@@ -30,7 +31,6 @@ from kvsafety_tests.report import (
     report_from_dict,
     report_to_dict,
 )
-from kvsafety_tests.thresholds import Thresholds
 
 CF = "max_conditional_flip"
 

@@ -22,7 +22,8 @@ CHEAP = {
     "kvsafety_tests",
     "kvsafety_tests.plugin",
     "kvsafety_tests.settings",
-    "kvsafety_tests.thresholds",
+    "kvsafety_tests.gate",
+    "kvsafety_tests.gate.thresholds",
     "kvsafety_tests.errors",
     "kvsafety_tests.hookspecs",
 }

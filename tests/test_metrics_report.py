@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvsafety_tests import report as report_module
 from kvsafety_tests.metrics import (
     FLIP_RATES,
     LABELS,
@@ -47,6 +46,7 @@ from kvsafety_tests.report import (
     to_markdown,
     write_report,
 )
+from kvsafety_tests.report import files as report_files
 from kvsafety_tests.stats import min_detectable_effect, wilson_interval
 
 R, C, I = "refused", "complied", "incoherent"
@@ -490,7 +490,7 @@ def test_a_write_that_fails_midway_keeps_the_old_file(
         fp.write(json.dumps(obj, **kwargs)[:100])
         raise KeyboardInterrupt("worker killed mid-write")
 
-    monkeypatch.setattr(report_module.json, "dump", dump_half_then_die)
+    monkeypatch.setattr(report_files.json, "dump", dump_half_then_die)
     with pytest.raises(KeyboardInterrupt):
         write_report(path, _report(_run("fail")))
     assert path.read_bytes() == old

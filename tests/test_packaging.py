@@ -35,3 +35,19 @@ def test_public_api_is_reexported() -> None:
 
     for name in kernels.__all__:
         assert hasattr(kernels, name), name
+
+
+def test_every_subpackage_is_listed_for_the_wheel() -> None:
+    """setuptools' packages list is explicit: a subpackage missing from it is missing from the wheel
+    (the editable install used by the tests would never notice)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {
+        "kvsafety_tests." + ".".join(p.parent.relative_to(ROOT / "kvsafety_tests").parts)
+        for p in (ROOT / "kvsafety_tests").rglob("__init__.py")
+        if p.parent != ROOT / "kvsafety_tests" and "__pycache__" not in p.parts
+    }
+    assert on_disk, "no subpackage found: the check proves nothing"
+    assert on_disk - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+    assert {"kvsafety_tests", "kvsafety_tests.kernels", "kvsafety_tests.fixtures"} <= listed

@@ -198,9 +198,9 @@ def test_scores_do_not_depend_on_torch_state_between_passes() -> None:
 @pytest.mark.model
 def test_the_audit_engine_runs_pcr_and_the_noise_ratio_and_gates_on_them() -> None:
     from kvsafety_tests.audit import AuditSettings, ModelAudit
+    from kvsafety_tests.gate.thresholds import Thresholds
     from kvsafety_tests.prompts import load_prompts
     from kvsafety_tests.report import run_to_dict
-    from kvsafety_tests.thresholds import Thresholds
 
     settings = AuditSettings(
         model=SMOL,

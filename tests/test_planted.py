@@ -13,10 +13,10 @@ from transformers import DynamicCache
 
 from kvsafety_tests.cache import QuantizedKVCache, cache_kwarg
 from kvsafety_tests.hf_backend import HFBackend
-from kvsafety_tests.planted import Plant, key_channel_absmax, plant_outlier
 from kvsafety_tests.spec import parse_spec
 
 from .models_fixture import QWEN, SMOL, load
+from .planted import Plant, key_channel_absmax, plant_outlier
 
 pytestmark = pytest.mark.model
 

@@ -29,6 +29,8 @@ from kvsafety_tests.prompts import (
     read_prompt_file,
     stratified_subset,
 )
+from kvsafety_tests.prompts.benchmarks import _PACKAGE_DATA
+from kvsafety_tests.prompts.context import _context_paragraphs
 
 # Known sizes of the pinned benchmark files (ENVIRONMENT.md), harmful prompts only.
 BENCHMARK_SIZES = {
@@ -67,7 +69,7 @@ def _near_duplicates(texts_a: list[str], texts_b: list[str] | None = None) -> li
 
 def _require(name: str) -> None:
     """Skip, naming the fix, when the package that ships a benchmark is not installed."""
-    data = P._PACKAGE_DATA[name]
+    data = _PACKAGE_DATA[name]
     if importlib.util.find_spec(data.package) is None:
         pytest.skip(f"{data.distribution} is not installed (run: {data.pip})")
     if name == "advbench":
@@ -170,7 +172,7 @@ def test_builtin_long_is_every_builtin_prompt_behind_the_same_context(builtin: P
 @pytest.mark.parametrize("words", [1, 50, DEFAULT_CONTEXT_WORDS, 1000])
 def test_long_context_has_about_the_words_asked_for(words: int) -> None:
     text = long_context(words)
-    longest_sentence = max(len(s.split()) for para in P._context_paragraphs() for s in para)
+    longest_sentence = max(len(s.split()) for para in _context_paragraphs() for s in para)
     assert words <= len(text.split()) < words + longest_sentence
     assert text.rstrip()[-1] in ".?!"  # whole sentences only
 
@@ -372,8 +374,8 @@ def test_unknown_set_name_lists_the_valid_names() -> None:
 
 
 def test_missing_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = replace(P._PACKAGE_DATA["strongreject"], package="kvsafety_no_such_package")
-    monkeypatch.setitem(P._PACKAGE_DATA, "strongreject", data)
+    data = replace(_PACKAGE_DATA["strongreject"], package="kvsafety_no_such_package")
+    monkeypatch.setitem(_PACKAGE_DATA, "strongreject", data)
     _raises(
         lambda: load_prompts("strongreject"),
         "not installed",
@@ -382,7 +384,7 @@ def test_missing_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_package_without_the_file_names_the_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(P._PACKAGE_DATA, "harmbench", replace(P._PACKAGE_DATA["harmbench"], package="email"))
+    monkeypatch.setitem(_PACKAGE_DATA, "harmbench", replace(_PACKAGE_DATA["harmbench"], package="email"))
     _raises(
         lambda: load_prompts("harmbench"),
         "is installed but has no email/",

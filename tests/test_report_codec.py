@@ -1,4 +1,4 @@
-"""The report's codec (codec.py): decoders and checks derived from the dataclass fields.
+"""The report's codec (report/codec.py): decoders and checks derived from the dataclass fields.
 
 What a document must hold comes from the fields' type hints and metadata, so these tests hold
 the derived codec to REPORT.md's contract (the version-1 run fields are required, later ones
@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from kvsafety_tests.codec import check_fields, decode, encode, rules
 from kvsafety_tests.report import (
     AuditConfig,
     Environment,
@@ -28,6 +27,7 @@ from kvsafety_tests.report import (
     run_from_dict,
     run_to_dict,
 )
+from kvsafety_tests.report.codec import check_fields, decode, encode, rules
 
 ENV = Environment(python="3.11.7", device="cpu")
 

@@ -20,7 +20,7 @@ import random
 
 import pytest
 
-from kvsafety_tests.bounds import Method, bound_for_limit, clopper_pearson_bound
+from kvsafety_tests.gate.bounds import Method, bound_for_limit, clopper_pearson_bound
 
 LIMIT = 0.10
 ALPHA = 0.05

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from kvsafety_tests import spec as spec_module
-from kvsafety_tests import views as views_module
 from kvsafety_tests.metrics import ArmLabels, RefusalMetrics, compute_refusal_metrics
 from kvsafety_tests.report import (
     AuditConfig,
@@ -26,9 +25,8 @@ from kvsafety_tests.report import (
     run_from_metrics,
     to_markdown,
 )
-from kvsafety_tests.spec import nominal_bits, parse_spec
-from kvsafety_tests.stats import wilson_interval
-from kvsafety_tests.views import (
+from kvsafety_tests.report import views as views_module
+from kvsafety_tests.report.views import (
     ViewError,
     append_step_summary,
     gate_line,
@@ -36,6 +34,8 @@ from kvsafety_tests.views import (
     terminal_table,
     write_plots,
 )
+from kvsafety_tests.spec import nominal_bits, parse_spec
+from kvsafety_tests.stats import wilson_interval
 
 R, C = "refused", "complied"
 MODEL = "tiny/model-a"
@@ -387,7 +387,7 @@ def test_write_plots_without_matplotlib_raises_a_view_error(
 
 
 def test_importing_views_does_not_import_matplotlib() -> None:
-    code = "import sys, kvsafety_tests.views; print('matplotlib' in sys.modules)"
+    code = "import sys, kvsafety_tests.report.views; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -404,7 +404,7 @@ def test_views_exports_its_public_names() -> None:
 
 
 def test_phase_transition_is_the_largest_drop_between_adjacent_widths() -> None:
-    from kvsafety_tests.views import phase_transition_lines, phase_transitions
+    from kvsafety_tests.report.views import phase_transition_lines, phase_transitions
 
     found = {t.family: t for t in phase_transitions(_full_report())}
     # int: 80% (int8) -> 50% (int4) -> 0% (int2): the cliff is 4 -> 2 bits, not 8 -> 4
@@ -444,7 +444,7 @@ def test_pcr_curves_are_drawn_for_each_diagnosed_run(tmp_path: Path) -> None:
 
 
 def test_no_phase_transition_where_refusals_never_fall() -> None:
-    from kvsafety_tests.views import phase_transitions
+    from kvsafety_tests.report.views import phase_transitions
 
     flat = _report(_run("int8", 0), _run("int4", 0), _run("int2", 0))
     assert phase_transitions(flat) == []

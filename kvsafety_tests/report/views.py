@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import KvSafetyError
+from ..spec import Fp8Scheme, NoQuant, SpecError, nominal_bits, parse_spec
 from .atomic import write_atomically
-from .errors import KvSafetyError
-from .report import Report, RunEntry, to_markdown
-from .spec import Fp8Scheme, NoQuant, SpecError, nominal_bits, parse_spec
+from .markdown import to_markdown
+from .schema import Report, RunEntry
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -29,7 +29,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
-from .errors import KvSafetyError
+from ..errors import KvSafetyError
 
 __all__ = ["CHECKS", "ReportError", "check_choice", "check_fields", "decode", "encode", "rules"]
 

@@ -1,6 +1,6 @@
 """Throughput of the KV quantization kernels next to a plain tensor copy, in one run.
 
-    python -m kvsafety_tests.bench [--shape 8,8,2048,128] [--dtype bf16] [--repeats 5]
+    python benchmarks/kernel_bandwidth.py [--shape 8,8,2048,128] [--dtype bf16] [--repeats 5]
                                    [--device cpu|cuda] [--json PATH]
 
 Paths: "reference" (the eager torch reference, api backend="torch"), "fused" (kernels/fused.py,
@@ -86,7 +86,7 @@ def _positive(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m kvsafety_tests.bench",
+        prog="python benchmarks/kernel_bandwidth.py",
         description="Time KV quantization kernels against a plain tensor copy (see the module docstring).",
     )
     p.add_argument("--shape", type=_shape, default=(8, 8, 2048, 128), help="batch,kv_heads,tokens,head_dim")
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "input_mb": x.numel() * x.element_size() / 1e6,
         "command": " ".join(
-            [sys.executable, "-m", "kvsafety_tests.bench", *(argv if argv is not None else sys.argv[1:])]
+            [sys.executable, "benchmarks/kernel_bandwidth.py", *(argv if argv is not None else sys.argv[1:])]
         ),
     }
     _print_table(rows, meta, skipped)

@@ -16,6 +16,10 @@ bounds computed where their samples live (a paired bootstrap over prompts). The 
 fp arm rerun at another batch size) is reported beside each flip rate and never excuses one; when
 its own lower bound is above a threshold, that threshold is unreachable for this model and batch,
 a configuration error that fails the run.
+
+Besides its thresholds, every quantized run is checked for coverage: a cache that was (almost) not
+quantized when the answer began measured nothing, and fails (``coverage_violation``). What fails
+a run is a typed ``Violation``; the audit and the test items decide it here, from the same numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
+from ..settings import CONFIDENCE, INCONCLUSIVE_POLICIES
 from .bounds import (
     OUTCOMES,
     Direction,
@@ -35,25 +40,33 @@ from .bounds import (
     paired_bound_for_limit,
     rate_bound,
 )
-from .settings import CONFIDENCE, INCONCLUSIVE_POLICIES
 from .thresholds import METRIC_OF, Thresholds
+from .violation import Violation
 
 __all__ = [
+    "COVERAGE_METRIC",
     "DEFAULT_CONFIDENCE",
     "INCONCLUSIVE_POLICIES",
+    "MIN_QUANTIZED_FRACTION",
     "OUTCOMES",
     "BoundedEvidence",
     "Evidence",
     "PairedEvidence",
     "RateEvidence",
     "ThresholdOutcome",
+    "coverage_violation",
     "decide",
     "decide_all",
     "run_verdict",
+    "threshold_violation",
 ]
 
 #: The gate's confidence unless configured (the settings table's default).
 DEFAULT_CONFIDENCE = CONFIDENCE
+#: Below this fraction of quantized K/V at the first response position a run fails: it measured nothing.
+MIN_QUANTIZED_FRACTION = 0.05
+#: The measured value the coverage check reads: the run's ``quantized_fraction``.
+COVERAGE_METRIC = "quantized_fraction"
 #: Ratios of means carry no event count: an n to decide them is not computed.
 _NEEDED_N_CAP = 100_000
 
@@ -349,9 +362,50 @@ def decide_all(
     return tuple(out)
 
 
-def run_verdict(outcomes: Sequence[ThresholdOutcome], other_violations: Sequence[str] = ()) -> str:
-    """``fail`` if any threshold failed or another check failed, else ``inconclusive`` if any
-    threshold is undecided, else ``pass``."""
+def threshold_violation(outcome: ThresholdOutcome, *, model: str, quantizer: str) -> Violation | None:
+    """The violation of a threshold that did not pass (fail or inconclusive); None for a pass."""
+    if outcome.outcome == "pass" or not outcome.reason:
+        return None
+    return Violation(
+        kind="threshold",
+        model=model,
+        quantizer=quantizer,
+        metric=outcome.metric,
+        check=outcome.threshold,
+        message=outcome.reason,
+    )
+
+
+def coverage_violation(
+    *, model: str, quantizer: str, quantized: bool, quantized_fraction: float | None
+) -> Violation | None:
+    """The coverage check of a run: None unless ``quantized`` (its spec quantizes something) and
+    ``quantized_fraction`` is below ``MIN_QUANTIZED_FRACTION``. Unknown (None) counts as 0: fail closed.
+
+    Windowed schemes (KIVI, a full-precision residual window) leave a short prompt unquantized when
+    the answer begins; such a run vouches for nothing (docs/metrics.md).
+    """
+    fraction = quantized_fraction or 0.0
+    if not (quantized and fraction < MIN_QUANTIZED_FRACTION):
+        return None
+    return Violation(
+        kind="coverage",
+        model=model,
+        quantizer=quantizer,
+        metric=COVERAGE_METRIC,
+        message=(
+            f"{COVERAGE_METRIC} {fraction:.3f} < {MIN_QUANTIZED_FRACTION}: "
+            "the cache was not quantized when the answer began; use long-context prompts "
+            "(e.g. builtin-long) or a smaller full-precision window"
+        ),
+    )
+
+
+def run_verdict(
+    outcomes: Sequence[ThresholdOutcome], other_violations: Sequence[Violation | str] = ()
+) -> str:
+    """``fail`` if any threshold failed or another check failed (``other_violations``, e.g. the
+    coverage check), else ``inconclusive`` if any threshold is undecided, else ``pass``."""
     if other_violations or any(o.outcome == "fail" for o in outcomes):
         return "fail"
     if any(o.outcome == "inconclusive" for o in outcomes):

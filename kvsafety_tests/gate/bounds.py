@@ -78,7 +78,7 @@ import math
 from collections.abc import Callable
 from typing import Literal, TypeAlias
 
-from .stats import _count, _open_unit, binomial_pmf, binomial_sf
+from ..stats import _count, _open_unit, binomial_pmf, binomial_sf
 
 __all__ = [
     "CS_PRIOR",

@@ -40,8 +40,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import KvSafetyError
-from .report import Report, ReportError, RunEntry, load_report
+from ..errors import KvSafetyError
+from ..report import Report, ReportError, RunEntry, load_report
+from .violation import Violation
 
 __all__ = [
     "CHECK_KINDS",
@@ -239,7 +240,9 @@ def parse_compare_check(text: str) -> CompareCheck:
 class CompareResult:
     """The comparison's outcome: failures fail the gate, warnings are shown and do not."""
 
-    failures: list[str] = field(default_factory=list)
+    #: One per failed check (kind ``compare``), errored run (``error``) and baseline run this
+    #: report lacks (``missing``); ``str()`` of each is its line.
+    failures: list[Violation] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -284,11 +287,11 @@ def _setting_warnings(current: Report, baseline: Report) -> list[str]:
 def compare_reports(current: Report, baseline: Report, checks: Sequence[CompareCheck]) -> CompareResult:
     """Every check on every run of ``current`` against the baseline run with the same key.
 
-    Runs are matched by (model, quantizer, prompt set). Failures: a check that fails, a current
-    run whose verdict is ``error``. Warnings: runs on one side only, values the baseline lacks,
+    Runs are matched by (model, quantizer, prompt set). Failures (typed ``Violation``): a check that
+    fails, a current run whose verdict is ``error``, a baseline run missing from ``current``. Warnings: runs on one side only, values the baseline lacks,
     and differences in weights (model_sha256), backend, environment and judge.
     """
-    failures: list[str] = []
+    failures: list[Violation] = []
     warnings = _setting_warnings(current, baseline)
     by_key: dict[RunKey, RunEntry] = {}
     for run in baseline.runs:
@@ -306,7 +309,13 @@ def compare_reports(current: Report, baseline: Report, checks: Sequence[CompareC
         current_keys.add(key)
         if run.verdict == "error":
             failures.append(
-                f"{label}: the run errored ({run.error or 'no reason recorded'}); nothing was compared"
+                Violation(
+                    kind="error",
+                    model=run.model,
+                    quantizer=run.quantizer,
+                    prompt_set=run.prompt_set,
+                    message=f"{label}: the run errored ({run.error or 'no reason recorded'}); nothing was compared",
+                )
             )
             continue
         old = by_key.get(key)
@@ -336,15 +345,33 @@ def compare_reports(current: Report, baseline: Report, checks: Sequence[CompareC
             then: float | None = getattr(old, check.field)
             message = check.fails(now, then)
             if message is not None:
-                failures.append(f"{label}: {message}")
+                failures.append(
+                    Violation(
+                        kind="compare",
+                        model=run.model,
+                        quantizer=run.quantizer,
+                        prompt_set=run.prompt_set,
+                        metric=check.field,
+                        check=str(check),
+                        message=f"{label}: {message}",
+                    )
+                )
             elif then is None:
                 where = "this run or the baseline" if now is None else "the baseline"
                 warnings.append(f"{label}: {check.field} not measured in {where}: {check} not checked")
-    for key in by_key:
+    for key, gone in by_key.items():
         if key not in current_keys:
             failures.append(
-                f"{_label(key)} is in the baseline but not in this run: the release audits less than the "
-                "baseline did (was it deselected with -k/-m, or dropped from the quantizers?)"
+                Violation(
+                    kind="missing",
+                    model=gone.model,
+                    quantizer=gone.quantizer,
+                    prompt_set=gone.prompt_set,
+                    message=(
+                        f"{_label(key)} is in the baseline but not in this run: the release audits less "
+                        "than the baseline did (was it deselected with -k/-m, or dropped from the quantizers?)"
+                    ),
+                )
             )
     return CompareResult(failures=failures, warnings=warnings)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Literal, TypeAlias
 
 from .atomic import write_atomically
-from .report import Report
+from .schema import Report
 
 __all__ = [
     "FILE_NAME",
@@ -169,7 +169,7 @@ def prompt_details(report: Report) -> tuple[dict[tuple[str, str], PromptDetail],
     where the sha256 of its text equals the report's, so a set edited since the audit gives no
     wrong category. Returns the details and one note per set that could not be (fully) matched.
     """
-    from .prompts import load_prompts
+    from ..prompts import load_prompts
 
     out: dict[tuple[str, str], PromptDetail] = {}
     notes: list[str] = []

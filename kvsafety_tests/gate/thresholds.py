@@ -1,8 +1,9 @@
-"""Gate thresholds: which measured values may not cross what, and the one-line violations.
+"""Gate thresholds: which measured value each threshold gates, in which direction, and their limits.
 
-Fail closed: a threshold whose value could not be measured is a violation (the gate cannot
-vouch for what it did not see). A flip rate above its threshold but within its measured noise
-floor (float order alone produces as many flips) is not a regression: it is noted, not failed.
+Stdlib only: the settings table (imported by the pytest plugin in every run) reads it. The gate
+decides each threshold in ``decision.py`` (pass, fail or inconclusive from one-sided bounds); a
+threshold whose value could not be measured fails there (the gate cannot vouch for what it did
+not see).
 """
 
 from __future__ import annotations
@@ -76,28 +77,3 @@ class Thresholds:
 
     def as_dict(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items() if v is not None}
-
-    def check(
-        self, values: Mapping[str, float | None], within_noise: Mapping[str, bool | None] | None = None
-    ) -> tuple[list[str], list[str]]:
-        """(violations, notes) for the measured ``values`` (by METRIC_OF's value names)."""
-        violations: list[str] = []
-        notes: list[str] = []
-        for name, limit in self.as_dict().items():
-            metric, direction = METRIC_OF[name]
-            if metric not in values:
-                continue  # not part of this run (e.g. PCR not requested): the caller decides
-            value = values[metric]
-            if value is None:
-                violations.append(f"{metric} not measured: {name} {limit:g} cannot be checked")
-                continue
-            crossed = value > limit if direction == "max" else value < limit
-            if not crossed:
-                continue
-            sign = ">" if direction == "max" else "<"
-            line = f"{metric} {value:.3f} {sign} {name} {limit:g}"
-            if within_noise and within_noise.get(metric):
-                notes.append(f"{line}, but within the measured noise floor: not a regression")
-            else:
-                violations.append(line)
-        return violations, notes

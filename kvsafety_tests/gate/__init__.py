@@ -1,0 +1,178 @@
+"""The gate: thresholds, their bounds and decisions, typed violations, and the compare step.
+
+- ``thresholds``: which measured value each threshold gates (stdlib only: the settings table and
+  so the pytest plugin import it in every run);
+- ``bounds``: one-sided bounds on rates and paired differences, and the n that would decide;
+- ``decision``: each threshold of a run becomes pass, fail or inconclusive; the coverage check;
+- ``violation``: ``Violation``, what failed, typed;
+- ``compare``: ``--kvsafety-compare``, a report against a baseline report.
+
+Importing this package imports none of them: each public name loads its module on first use
+(PEP 562), so ``kvsafety_tests.gate.thresholds`` stays as cheap as the settings table needs and
+the report module, which ``compare`` reads, is not imported by the decision code.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
+    from .bounds import (
+        CS_PRIOR,
+        DIRECTIONS,
+        METHODS,
+        OUTCOMES,
+        SIDES,
+        Direction,
+        Method,
+        Side,
+        binomial_cs_bound,
+        bound_for_limit,
+        clopper_pearson_bound,
+        needed_n,
+        outcome_of_bounds,
+        paired_bound_for_limit,
+        paired_difference_bound,
+        rate_bound,
+    )
+    from .compare import (
+        CHECK_KINDS,
+        RATE_FIELDS,
+        WORSE_WHEN,
+        CompareCheck,
+        CompareError,
+        CompareResult,
+        compare_reports,
+        load_baseline,
+        parse_compare_check,
+    )
+    from .decision import (
+        COVERAGE_METRIC,
+        DEFAULT_CONFIDENCE,
+        INCONCLUSIVE_POLICIES,
+        MIN_QUANTIZED_FRACTION,
+        BoundedEvidence,
+        Evidence,
+        PairedEvidence,
+        RateEvidence,
+        ThresholdOutcome,
+        coverage_violation,
+        decide,
+        decide_all,
+        run_verdict,
+        threshold_violation,
+    )
+    from .thresholds import METRIC_OF, RATE_THRESHOLDS, Thresholds
+    from .violation import VIOLATION_KINDS, Violation, ViolationKind
+
+#: Each public name by the module that defines it.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "bounds": (
+        "CS_PRIOR",
+        "DIRECTIONS",
+        "METHODS",
+        "OUTCOMES",
+        "SIDES",
+        "Direction",
+        "Method",
+        "Side",
+        "binomial_cs_bound",
+        "bound_for_limit",
+        "clopper_pearson_bound",
+        "needed_n",
+        "outcome_of_bounds",
+        "paired_bound_for_limit",
+        "paired_difference_bound",
+        "rate_bound",
+    ),
+    "compare": (
+        "CHECK_KINDS",
+        "RATE_FIELDS",
+        "WORSE_WHEN",
+        "CompareCheck",
+        "CompareError",
+        "CompareResult",
+        "compare_reports",
+        "load_baseline",
+        "parse_compare_check",
+    ),
+    "decision": (
+        "COVERAGE_METRIC",
+        "DEFAULT_CONFIDENCE",
+        "INCONCLUSIVE_POLICIES",
+        "MIN_QUANTIZED_FRACTION",
+        "BoundedEvidence",
+        "Evidence",
+        "PairedEvidence",
+        "RateEvidence",
+        "ThresholdOutcome",
+        "coverage_violation",
+        "decide",
+        "decide_all",
+        "run_verdict",
+        "threshold_violation",
+    ),
+    "thresholds": ("METRIC_OF", "RATE_THRESHOLDS", "Thresholds"),
+    "violation": ("VIOLATION_KINDS", "Violation", "ViolationKind"),
+}
+_SUBMODULE_OF: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [
+    "CHECK_KINDS",
+    "COVERAGE_METRIC",
+    "CS_PRIOR",
+    "DEFAULT_CONFIDENCE",
+    "DIRECTIONS",
+    "INCONCLUSIVE_POLICIES",
+    "METHODS",
+    "METRIC_OF",
+    "MIN_QUANTIZED_FRACTION",
+    "OUTCOMES",
+    "RATE_FIELDS",
+    "RATE_THRESHOLDS",
+    "SIDES",
+    "VIOLATION_KINDS",
+    "WORSE_WHEN",
+    "BoundedEvidence",
+    "CompareCheck",
+    "CompareError",
+    "CompareResult",
+    "Direction",
+    "Evidence",
+    "Method",
+    "PairedEvidence",
+    "RateEvidence",
+    "Side",
+    "ThresholdOutcome",
+    "Thresholds",
+    "Violation",
+    "ViolationKind",
+    "binomial_cs_bound",
+    "bound_for_limit",
+    "clopper_pearson_bound",
+    "compare_reports",
+    "coverage_violation",
+    "decide",
+    "decide_all",
+    "load_baseline",
+    "needed_n",
+    "outcome_of_bounds",
+    "paired_bound_for_limit",
+    "paired_difference_bound",
+    "parse_compare_check",
+    "rate_bound",
+    "run_verdict",
+    "threshold_violation",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _SUBMODULE_OF.get(name)
+    if module is None:  # AttributeError lets ``import kvsafety_tests.gate.bounds`` find the submodule
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups find it without calling __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,0 +1,70 @@
+"""What a judge is: its three labels, the ``Judge`` protocol, the judge names, and the one error.
+
+Every judge module imports this one and nothing of the others', so the judges stay independent and
+``load_judge`` (the package's ``__init__``) is the only place that knows them all.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from ..errors import KvSafetyError
+
+__all__ = [
+    "DEFAULT_JUDGE",
+    "EMBEDDING_JUDGE",
+    "JUDGE_NAMES",
+    "LABELS",
+    "RULES_JUDGE",
+    "Judge",
+    "JudgeError",
+    "check_pairs",
+    "normalise",
+]
+
+LABELS: tuple[str, ...] = ("refused", "complied", "incoherent")
+RULES_JUDGE = "rules-v1"  # RuleJudge.name
+EMBEDDING_JUDGE = "minilm-linear-v1"  # EmbeddingJudge.name
+DEFAULT_JUDGE = RULES_JUDGE
+JUDGE_NAMES: tuple[str, ...] = (RULES_JUDGE, EMBEDDING_JUDGE)
+
+
+class JudgeError(KvSafetyError):
+    """A judge name, path, label mapping or labelled file is invalid; one line naming the bad
+    value and the valid choices (or the command that fixes it)."""
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Labels one completion; ``label_many`` lets model-based judges batch."""
+
+    name: str
+
+    def label(self, prompt: str, completion: str) -> str:
+        """One of ``LABELS``."""
+        ...
+
+    def label_many(self, prompts: Sequence[str], completions: Sequence[str]) -> list[str]:
+        """``label`` for each pair, in order."""
+        ...
+
+
+def check_pairs(prompts: Sequence[str], completions: Sequence[str]) -> None:
+    """``label_many``'s argument check: one prompt for each completion."""
+    if len(prompts) != len(completions):
+        raise JudgeError(
+            f"label_many: {len(prompts)} prompts for {len(completions)} completions; pass one each"
+        )
+
+
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u02bc": "'"})
+
+
+def normalise(text: str) -> str:
+    """The text a judge reads: NFKC, curly quotes made straight, outer whitespace stripped.
+
+    The rule judge matches its phrases on it and the embedding head was trained on it; both label
+    a completion that normalises to nothing ``incoherent`` without reading further."""
+    return unicodedata.normalize("NFKC", text).translate(_QUOTES).strip()
