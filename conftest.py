@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 # stay bound to the dropped module (later safe_load calls then fail with "could not determine a
 # constructor for the tag None"). Imported here it is part of every snapshot.
 try:
-    import yaml  # noqa: E402, F401
+    import yaml  # noqa: F401
 except ImportError:  # the prompt sets that need it say so themselves
     pass
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from kvsafety_tests.hf_backend import HFBackend
+from kvsafety_tests.backends.hf import HFBackend
 from kvsafety_tests.kernels import dequantize, quantize
 from kvsafety_tests.models import DEFAULT_MODEL, load_model, resolve_model
 from kvsafety_tests.prompts import load_prompts

@@ -18,7 +18,7 @@ import time
 import torch
 from transformers import QuantizedCache
 
-from kvsafety_tests.hf_backend import HFBackend
+from kvsafety_tests.backends.hf import HFBackend
 from kvsafety_tests.models import DEFAULT_MODEL, load_model, resolve_model
 from kvsafety_tests.prompts import load_prompts
 

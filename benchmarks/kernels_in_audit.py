@@ -14,7 +14,7 @@ import argparse
 import time
 from typing import Any
 
-from kvsafety_tests.audit import AuditSettings, run_audit
+from kvsafety_tests.engine import AuditSettings, run_audit
 from kvsafety_tests.report import run_to_dict
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvsafety_tests.audit import calibration_refusal_tokens
+from kvsafety_tests.engine import calibration_refusal_tokens
 from kvsafety_tests.judge import load_judge
 from kvsafety_tests.models import DEFAULT_MODEL, load_model, resolve_model
 from kvsafety_tests.pcr import diagnose
@@ -57,7 +57,7 @@ def main() -> None:
         p.error(f"unknown variant {bad[0]!r}; valid: {', '.join(VARIANTS)}")
     import torch
 
-    from kvsafety_tests.hf_backend import HFBackend
+    from kvsafety_tests.backends.hf import HFBackend
 
     model, tok = load_model(resolve_model(args.model), dtype=torch.bfloat16)
     backend = HFBackend(model, tok, batch_size=16)

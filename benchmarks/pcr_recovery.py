@@ -18,11 +18,16 @@ import json
 import sys
 import time
 
-from kvsafety_tests.audit import calibration_refusal_tokens, fallback_refusal_tokens
+from kvsafety_tests.engine import calibration_refusal_tokens, fallback_refusal_tokens
 from kvsafety_tests.judge import load_judge
-from kvsafety_tests.mitigation import attention_concentration, baseline_specs, measure_recovery
 from kvsafety_tests.models import DEFAULT_MODEL, load_model, resolve_model
-from kvsafety_tests.pcr import diagnose, spec_bytes_per_token
+from kvsafety_tests.pcr import (
+    attention_concentration,
+    baseline_specs,
+    diagnose,
+    measure_recovery,
+    spec_bytes_per_token,
+)
 from kvsafety_tests.prompts import load_prompts
 from kvsafety_tests.spec import parse_spec
 
@@ -44,7 +49,7 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from kvsafety_tests.hf_backend import HFBackend
+    from kvsafety_tests.backends.hf import HFBackend
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     prompts = load_prompts(args.prompts, limit=args.limit)

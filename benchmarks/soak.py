@@ -20,7 +20,7 @@ import os
 import resource
 import time
 
-from kvsafety_tests.audit import DEFAULT_QUANTIZERS, AuditSettings, run_audit
+from kvsafety_tests.engine import DEFAULT_QUANTIZERS, AuditSettings, run_audit
 from kvsafety_tests.models import DEFAULT_MODEL
 from kvsafety_tests.spec import SpecError, parse_spec
 

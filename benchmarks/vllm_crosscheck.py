@@ -30,13 +30,13 @@ def main() -> int:
     a = ap.parse_args()
     import torch
 
-    from kvsafety_tests.audit import FALLBACK_REFUSAL_OPENINGS
-    from kvsafety_tests.hf_backend import HFBackend
+    from kvsafety_tests.backends.hf import HFBackend
+    from kvsafety_tests.backends.vllm import VLLMBackend, vllm_cache_args
+    from kvsafety_tests.engine import FALLBACK_REFUSAL_OPENINGS
     from kvsafety_tests.judge import load_judge
     from kvsafety_tests.metrics import log_odds
     from kvsafety_tests.models import load_model, resolve_model
     from kvsafety_tests.prompts import load_prompts
-    from kvsafety_tests.vllm_backend import VLLMBackend
 
     ps = load_prompts("builtin", limit=a.limit)
     prompts = [p.text for p in (*ps.harmful, *ps.harmless)]
@@ -104,13 +104,13 @@ def main() -> int:
         print(name, {k: v for k, v in r.items() if not k.startswith("labels")}, flush=True)
 
     t = time.time()
-    vb.engine(__import__("kvsafety_tests.vllm_backend", fromlist=["x"]).vllm_cache_args("none"))
+    vb.engine(vllm_cache_args("none"))
     res["engine_start_auto_s"] = round(time.time() - t, 1)
     hf_none, v_auto = arm(hf, "none"), arm(vb, "none")
     compare("hf none vs vllm auto", hf_none, v_auto)
     for spec in a.specs.split(","):
         t = time.time()
-        vb.engine(__import__("kvsafety_tests.vllm_backend", fromlist=["x"]).vllm_cache_args(spec))
+        vb.engine(vllm_cache_args(spec))
         res[f"engine_start_{spec}_s"] = round(time.time() - t, 1)
         hq, vq = arm(hf, spec), arm(vb, spec)
         compare(f"hf {spec} vs vllm {spec}", hq, vq)

@@ -73,18 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         _error(f"{problem}; pass --report PATH somewhere writable")
         return EXIT_USAGE
+    from .engine import GateSession, SharedStore, cuda_count, pick_device
     from .models import check_model
-    from .session import GateSession, SharedStore, pick_device
 
     try:  # what can be checked without the model is usage, before any model loads
         for model in config.models:
             check_model(model)
-        cuda = 0
-        if config.device.startswith(("cuda", "auto")):
-            import torch
-
-            cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        device = pick_device(config.device, worker_index=None, cuda_count=cuda)
+        device = pick_device(config.device, worker_index=None, cuda_count=cuda_count(config.device))
         with tempfile.TemporaryDirectory(prefix="kvsafety-") as store:
             gate = GateSession(config, SharedStore(store), device=device)  # loads prompts and judge
             return _audit(gate, config)

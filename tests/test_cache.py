@@ -10,8 +10,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from kvsafety_tests.backends.hf import HFBackend
 from kvsafety_tests.cache import QuantizedKVCache, QuantizedKVLayer, cache_kwarg, is_token_local
-from kvsafety_tests.hf_backend import HFBackend
 from kvsafety_tests.kernels import dequantize, quantize
 from kvsafety_tests.spec import IntScheme, NoQuant, parse_spec
 
@@ -235,7 +235,7 @@ def test_one_pass_teacher_forcing_equals_step_by_step(
 ) -> None:
     """For token-local, window-1 specs the forced continuation goes through in one pass; the
     log-probabilities agree with step-by-step forcing up to float order (float32 model)."""
-    import kvsafety_tests.hf_backend as hb
+    import kvsafety_tests.backends.hf as hb
 
     model, tok = smol
     backend = HFBackend(model, tok, batch_size=3)

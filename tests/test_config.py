@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from kvsafety_tests.audit import DEFAULT_QUANTIZERS, DEFAULT_THRESHOLDS
 from kvsafety_tests.config import (
     BACKENDS,
     CONFIG_KEYS,
@@ -20,6 +19,7 @@ from kvsafety_tests.config import (
     parse_device,
     resolve_config,
 )
+from kvsafety_tests.engine import DEFAULT_QUANTIZERS, DEFAULT_THRESHOLDS
 from kvsafety_tests.gate.thresholds import Thresholds
 
 ROOT = Path("/project/root")

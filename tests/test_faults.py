@@ -30,7 +30,6 @@ import pytest
 # imported before pytester snapshots sys.modules (torch's C extension cannot be re-imported)
 torch = pytest.importorskip("torch")
 
-from kvsafety_tests import audit  # noqa: E402
 from kvsafety_tests.__main__ import (  # noqa: E402
     EXIT_ERROR,
     EXIT_FAILED,
@@ -39,8 +38,8 @@ from kvsafety_tests.__main__ import (  # noqa: E402
     EXIT_USAGE,
     main,
 )
-from kvsafety_tests.audit import AuditSettings, run_audit  # noqa: E402
-from kvsafety_tests.hf_backend import HFBackend  # noqa: E402
+from kvsafety_tests.backends.hf import HFBackend  # noqa: E402
+from kvsafety_tests.engine import DEFAULT_QUANTIZERS, AuditSettings, run_audit  # noqa: E402
 from kvsafety_tests.prompts import load_prompts  # noqa: E402
 from kvsafety_tests.report import (  # noqa: E402
     AuditConfig,
@@ -593,7 +592,7 @@ def test_the_default_audit_runs_offline(tmp_path: Path) -> None:
     assert proc.returncode in (EXIT_PASSED, EXIT_FAILED), proc.stderr[-2000:]
     report = load_report(tmp_path / "report.json")
     assert report.status == "complete" and report.config.models == (QWEN,)
-    assert [r.quantizer for r in report.runs] == list(audit.DEFAULT_QUANTIZERS)
+    assert [r.quantizer for r in report.runs] == list(DEFAULT_QUANTIZERS)
     assert all(r.verdict in ("pass", "fail") for r in report.runs)
 
 
@@ -632,7 +631,7 @@ def test_exit_4_when_nothing_was_measured(
 ) -> None:
     """Unreachable through the real engine (every configured quantizer yields a run: pass, fail
     or error), so faked at GateSession.run: a report without runs is exit 4, never a pass."""
-    from kvsafety_tests.session import GateSession
+    from kvsafety_tests.engine import GateSession
 
     monkeypatch.setattr(GateSession, "run", lambda self, model, quantizer: None)
     path = tmp_path / "r.json"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from kvsafety_tests.audit import AuditSettings, run_audit
 from kvsafety_tests.config import ConfigError, resolve_config
+from kvsafety_tests.engine import AuditSettings, run_audit
 from kvsafety_tests.kernels import AUTO_CPU, implementation, resolve_kernels
 from kvsafety_tests.report import run_to_dict
 from kvsafety_tests.spec import parse_spec

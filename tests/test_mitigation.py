@@ -6,8 +6,14 @@ import itertools
 
 import pytest
 
-from kvsafety_tests.mitigation import attention_concentration, baseline_specs, measure_recovery
-from kvsafety_tests.pcr import Diagnosis, override_extra_bytes, spec_bytes_per_token
+from kvsafety_tests.pcr import (
+    Diagnosis,
+    attention_concentration,
+    baseline_specs,
+    measure_recovery,
+    override_extra_bytes,
+    spec_bytes_per_token,
+)
 from kvsafety_tests.spec import parse_spec
 from tests.models_fixture import SMOL, load
 
@@ -102,7 +108,7 @@ def test_random_baselines_differ_by_seed_and_are_reproducible() -> None:
 
 @pytest.mark.model
 def test_attention_concentration_on_a_real_model_restores_the_attention_kernel() -> None:
-    from kvsafety_tests.hf_backend import HFBackend
+    from kvsafety_tests.backends.hf import HFBackend
 
     model, tok = load(SMOL)
     before = model.config._attn_implementation

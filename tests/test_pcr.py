@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvsafety_tests import pcr
-from kvsafety_tests.pcr import (
+from kvsafety_tests.pcr import diagnosis as pcr
+from kvsafety_tests.pcr.diagnosis import (
     DILUTION_BELOW,
     GRANULARITY_SHARE,
     choose_mode,
@@ -18,6 +18,7 @@ from kvsafety_tests.pcr import (
     top_layers,
     with_outliers,
 )
+from kvsafety_tests.report import pcr_from_diagnosis
 from kvsafety_tests.spec import KVScheme, NoQuant, parse_spec
 from tests.models_fixture import SMOL, load
 
@@ -113,9 +114,64 @@ def test_bytes_per_token_match_a_real_cache() -> None:
     )
 
 
+# -- the report entry ----------------------------------------------------------------------------------
+def _diagnosis(mode: str | None) -> pcr.Diagnosis:
+    return pcr.Diagnosis(
+        quantizer="int4",
+        mode=mode,
+        damage=1.5,
+        layers=[0, 1],
+        r_layer=[0.5, 0.25],
+        r_gran=[0.1, 0.0],
+        r_out=[0.0, 0.2],
+        not_applicable=["gran"],
+        top=[0],
+        r_top=0.5,
+        plan="int4;L0=int4-out2",
+        plan_layers={0: "out"},
+        plan_memory_overhead=0.05,
+        budget=0.07,
+        predicted_recovery=0.4,
+        forward_passes=9,
+        calibration_prompts=20,
+        seconds=1.0,
+    )
+
+
+def test_the_report_entry_carries_the_diagnosis_and_the_measured_recovery() -> None:
+    entry = pcr_from_diagnosis(_diagnosis("outlier-as-safety"), measured_recovery=0.3)
+    assert entry is not None
+    assert (entry.mode, entry.damage, entry.plan, entry.measured_recovery) == (
+        "outlier-as-safety",
+        1.5,
+        "int4;L0=int4-out2",
+        0.3,
+    )
+    assert entry.per_layer.layer == (0, 1) and entry.per_layer.r_out == (0.0, 0.2)
+    assert entry.extra["plan_layers"] == {"0": "out"} and entry.extra["not_applicable"] == ["gran"]
+    assert pcr_from_diagnosis(_diagnosis(None)) is None  # no damage: the run's pcr is null
+
+
+def test_diagnosing_imports_neither_the_report_nor_torch() -> None:
+    """PCR's diagnosis and plan are plain values: the report schema is the engine's business, and
+    torch comes only with the backend a diagnosis runs on (and the memory probe)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; import kvsafety_tests.pcr; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('kvsafety_tests.report') "
+        "or m.split('.')[0] in ('torch', 'numpy', 'transformers'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == []
+
+
 # -- the diagnosis on a real model ---------------------------------------------------------------------
 def _backend():
-    from kvsafety_tests.hf_backend import HFBackend
+    from kvsafety_tests.backends.hf import HFBackend
 
     model, tok = load(SMOL)
     return HFBackend(model, tok, batch_size=16)
@@ -145,7 +201,8 @@ def test_diagnose_measures_each_layer_and_keeps_the_plan_within_budget() -> None
     assert d.plan_memory_overhead <= 0.07 + 1e-9
     plan = parse_spec(d.plan)
     assert {layer for layer, _ in plan.overrides} == set(d.plan_layers) <= {0, 1, 2, 3, 4, 5}
-    entry = d.pcr_entry(measured_recovery=None)
+    entry = pcr_from_diagnosis(d, measured_recovery=None)
+    assert entry is not None
     assert entry.mode == d.mode and entry.calibration_prompts == 4 and entry.extra["top_layers"] == d.top
     del tok
 
@@ -159,7 +216,7 @@ def test_a_quantizer_that_does_no_damage_gets_no_mode() -> None:
     spec = "none;L0=int8"
     d = pcr.diagnose(backend, spec, PROMPTS, tokens, layers=[0])
     assert d.mode is None and d.predicted_recovery is None and d.plan == str(parse_spec(spec))
-    assert d.pcr_entry() is None and "nothing to diagnose" in d.notes[0]
+    assert pcr_from_diagnosis(d) is None and "nothing to diagnose" in d.notes[0]
 
 
 @pytest.mark.model
@@ -197,7 +254,7 @@ def test_scores_do_not_depend_on_torch_state_between_passes() -> None:
 
 @pytest.mark.model
 def test_the_audit_engine_runs_pcr_and_the_noise_ratio_and_gates_on_them() -> None:
-    from kvsafety_tests.audit import AuditSettings, ModelAudit
+    from kvsafety_tests.engine import AuditSettings, ModelAudit
     from kvsafety_tests.gate.thresholds import Thresholds
     from kvsafety_tests.prompts import load_prompts
     from kvsafety_tests.report import run_to_dict

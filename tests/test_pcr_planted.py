@@ -38,8 +38,8 @@ PLANTED = 12
 @pytest.fixture(scope="module")
 def qwen() -> Iterator[tuple[Any, list[str], list[int]]]:
     """(hf backend over bf16 Qwen, harmful calibration prompts, refusal tokens as the audit finds them)."""
-    from kvsafety_tests.audit import calibration_refusal_tokens
-    from kvsafety_tests.hf_backend import HFBackend
+    from kvsafety_tests.backends.hf import HFBackend
+    from kvsafety_tests.engine import calibration_refusal_tokens
     from kvsafety_tests.judge import load_judge
     from kvsafety_tests.prompts import load_prompts
 

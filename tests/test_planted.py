@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from kvsafety_tests.backends.hf import HFBackend
 from kvsafety_tests.cache import QuantizedKVCache, cache_kwarg
-from kvsafety_tests.hf_backend import HFBackend
 from kvsafety_tests.spec import parse_spec
 
 from .models_fixture import QWEN, SMOL, load

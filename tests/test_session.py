@@ -10,11 +10,17 @@ from typing import Any
 
 import pytest
 
-from kvsafety_tests.audit import DEFAULT_THRESHOLDS
 from kvsafety_tests.config import GateConfig, resolve_config
+from kvsafety_tests.engine import (
+    DEFAULT_THRESHOLDS,
+    GateSession,
+    SharedStore,
+    pick_device,
+    visible_gpus,
+    worker_gpus,
+)
 from kvsafety_tests.metrics import ArmLabels, compute_refusal_metrics
 from kvsafety_tests.report import RunEntry, error_run, run_from_metrics, run_to_dict
-from kvsafety_tests.session import GateSession, SharedStore, pick_device, visible_gpus, worker_gpus
 
 MODEL = "smollm2-135m-instruct"
 R, C = "refused", "complied"

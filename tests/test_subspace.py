@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvsafety_tests.subspace import capture, noise_ratio, safety_subspace
+from kvsafety_tests.pcr.subspace import capture, noise_ratio, safety_subspace
 from tests.models_fixture import SMOL, load
 
 
@@ -113,7 +113,7 @@ def test_shape_mismatch_is_one_line() -> None:
 
 @pytest.mark.model
 def test_capture_is_the_last_prompt_token_of_each_layer_on_a_real_model() -> None:
-    from kvsafety_tests.hf_backend import HFBackend
+    from kvsafety_tests.backends.hf import HFBackend
 
     model, tok = load(SMOL)
     backend = HFBackend(model, tok, batch_size=2)

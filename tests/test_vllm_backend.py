@@ -24,11 +24,9 @@ pytest.importorskip(
 import torch
 from vllm.platforms import current_platform
 
-from kvsafety_tests.hf_backend import Completion, HFBackend
-from kvsafety_tests.models import ModelError, load_model, resolve_model
-from kvsafety_tests.prompts import load_prompts
-from kvsafety_tests.spec import parse_spec
-from kvsafety_tests.vllm_backend import (
+from kvsafety_tests.backends import Completion
+from kvsafety_tests.backends.hf import HFBackend
+from kvsafety_tests.backends.vllm import (
     CPU_HEAD_SIZES,
     GPU_MEMORY_SHARE,
     VLLMBackend,
@@ -37,6 +35,9 @@ from kvsafety_tests.vllm_backend import (
     close_engines,
     vllm_cache_args,
 )
+from kvsafety_tests.models import ModelError, load_model, resolve_model
+from kvsafety_tests.prompts import load_prompts
+from kvsafety_tests.spec import parse_spec
 
 ON_CPU = current_platform.is_cpu()
 HF_DEVICE = "cpu" if ON_CPU else "cuda"
@@ -232,7 +233,7 @@ def test_gpu_engines_share_the_device(smol_path: str, monkeypatch: pytest.Monkey
     only the first of an audit's three engines start), and a fourth engine closes the others. No
     GPU here: the platform check and vllm.LLM are faked to capture the engine arguments (the real
     engine's CPU path is what the other tests run)."""
-    from kvsafety_tests import vllm_backend
+    from kvsafety_tests.backends import vllm as vllm_backend
 
     made: list[dict[str, object]] = []
 
@@ -258,7 +259,7 @@ def test_gpu_engines_share_the_device(smol_path: str, monkeypatch: pytest.Monkey
 @pytest.mark.model
 @bf16_engines
 def test_unexpressible_spec_fails_before_any_engine(smol: VLLMBackend) -> None:
-    from kvsafety_tests import vllm_backend
+    from kvsafety_tests.backends import vllm as vllm_backend
 
     before = len(vllm_backend._ENGINES)
     with pytest.raises(ValueError, match="int4 cannot run on vllm"):

@@ -12,8 +12,9 @@ Importing this package imports none of them: each public name loads its module o
 the report module, which ``compare`` reads, is not imported by the decision code.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import LazyExports
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
     from .bounds import (
@@ -114,65 +115,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "thresholds": ("METRIC_OF", "RATE_THRESHOLDS", "Thresholds"),
     "violation": ("VIOLATION_KINDS", "Violation", "ViolationKind"),
 }
-_SUBMODULE_OF: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = [
-    "CHECK_KINDS",
-    "COVERAGE_METRIC",
-    "CS_PRIOR",
-    "DEFAULT_CONFIDENCE",
-    "DIRECTIONS",
-    "INCONCLUSIVE_POLICIES",
-    "METHODS",
-    "METRIC_OF",
-    "MIN_QUANTIZED_FRACTION",
-    "OUTCOMES",
-    "RATE_FIELDS",
-    "RATE_THRESHOLDS",
-    "SIDES",
-    "VIOLATION_KINDS",
-    "WORSE_WHEN",
-    "BoundedEvidence",
-    "CompareCheck",
-    "CompareError",
-    "CompareResult",
-    "Direction",
-    "Evidence",
-    "Method",
-    "PairedEvidence",
-    "RateEvidence",
-    "Side",
-    "ThresholdOutcome",
-    "Thresholds",
-    "Violation",
-    "ViolationKind",
-    "binomial_cs_bound",
-    "bound_for_limit",
-    "clopper_pearson_bound",
-    "compare_reports",
-    "coverage_violation",
-    "decide",
-    "decide_all",
-    "load_baseline",
-    "needed_n",
-    "outcome_of_bounds",
-    "paired_bound_for_limit",
-    "paired_difference_bound",
-    "parse_compare_check",
-    "rate_bound",
-    "run_verdict",
-    "threshold_violation",
-]
+_LAZY = LazyExports(__name__, _EXPORTS)
+__getattr__, __dir__ = _LAZY.getattr, _LAZY.dir
+__all__ = _LAZY.all
 
 
-def __getattr__(name: str) -> Any:
-    module = _SUBMODULE_OF.get(name)
-    if module is None:  # AttributeError lets ``import kvsafety_tests.gate.bounds`` find the submodule
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups find it without calling __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})

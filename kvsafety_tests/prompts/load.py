@@ -4,7 +4,6 @@ and applies pairing with the builtin prompts, the stratified ``limit`` and long 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from .benchmarks import _BENCHMARK_LOADERS, BENCHMARKS
 from .builtin import _builtin_prompts
@@ -37,82 +36,76 @@ def load_prompts(
     """Load a prompt set by name (see ``SET_NAMES``), or several: their union, named ``a+b``.
 
     ``limit``: at most this many harmful and at most this many harmless prompts, a deterministic
-    category-stratified subset (``stratified_subset``; for a union, stratified by source and
-    category, so each set keeps its share); calibration prompts are never cut, PCR needs all 20.
+    stratified subset (``stratified_subset``: by category; for a union by source and category, so
+    each set keeps its share); calibration prompts are never cut, PCR needs all 20.
     ``context_words``: make every prompt its long variant (``NAME-long`` does this with
-    ``DEFAULT_CONTEXT_WORDS``). ``column``, ``category_column``, ``kind``, ``label_column``: only
-    for file sets, they override the format's defaults (``FileFormat``). ``pair_builtin``: add
-    the builtin harmless and calibration prompts to a set (or union) that has none.
-    Every prompt keeps its ``source``; a prompt whose text an earlier set already holds is kept
-    once (the first set's).
+    ``DEFAULT_CONTEXT_WORDS``; in a union, one long set makes every prompt long). ``column``,
+    ``category_column``, ``kind``, ``label_column``: only for file sets, they override the
+    format's defaults (``FileFormat``). ``pair_builtin``: add the builtin harmless and calibration
+    prompts when the set (or union) has none. Every prompt keeps its ``source``; in a union, a
+    prompt whose text an earlier set already holds is kept once (the first set's).
     """
-    options: dict[str, Any] = {
-        "context_words": context_words,
-        "column": column,
-        "category_column": category_column,
-        "kind": kind,
-        "label_column": label_column,
-    }
+    _check_limit(limit)
     names = [name] if isinstance(name, str) else list(dict.fromkeys(name))
     if not names:
         raise PromptError(f"no prompt set given; valid: {', '.join(SET_NAMES)}")
-    if len(names) == 1:
-        return _load_one(names[0], limit=limit, pair_builtin=pair_builtin, **options)
-    _check_limit(limit)
-    parts = [_load_one(n, limit=None, pair_builtin=False, **options) for n in names]
-    prompts: list[Prompt] = []
-    seen_ids: set[str] = set()
-    seen_texts: set[tuple[str, str]] = set()
-    for part in parts:
-        for p in part.prompts:
-            if p.id in seen_ids or (p.kind, p.text) in seen_texts:
-                continue
-            seen_ids.add(p.id)
-            seen_texts.add((p.kind, p.text))
-            prompts.append(p)
-    notes = [note for part in parts for note in part.notes]
-    notes.append(f"union of {', '.join(names)}: {len(prompts)} distinct prompts")
+    parts = [
+        _read_set(n, column=column, category_column=category_column, kind=kind, label_column=label_column)
+        for n in names
+    ]
+    prompts = _union([prompts for _, prompts, _ in parts])
+    shown = " + ".join(names)
+    notes: list[str] = []
+    if len(parts) > 1:
+        notes.append(f"union of {', '.join(names)}: {len(prompts)} distinct prompts")
     if pair_builtin:
         for k in ("harmless", "calibration"):
             if not any(p.kind == k for p in prompts):
                 prompts += [p for p in _builtin_prompts() if p.kind == k]
-                notes.append(f"{k} prompts: builtin (none of {', '.join(names)} has any)")
+                notes.append(f"{k} prompts: builtin ({shown} has none)")
     if limit is not None:
+        by = "category" if len(parts) == 1 else "source and category"
         kept = {
             p.id
             for k in ("harmful", "harmless")
             for p in stratified_subset(
-                [p for p in prompts if p.kind == k], limit, group=lambda p: f"{p.source}/{p.category}"
+                [p for p in prompts if p.kind == k],
+                limit,
+                group=(lambda p: p.category) if len(parts) == 1 else (lambda p: f"{p.source}/{p.category}"),
             )
         }
         prompts = [p for p in prompts if p.kind == "calibration" or p.id in kept]
-        notes.append(
-            f"limit {limit}: a subset of the harmful and of the harmless prompts stratified by source and category"
-        )
-    return PromptSet("+".join(names), tuple(prompts), tuple(notes))
+        notes.append(f"limit {limit}: a subset of the harmful and of the harmless prompts stratified by {by}")
+    prompt_set = PromptSet("+".join(base for base, _, _ in parts), tuple(prompts), tuple(notes))
+    if context_words is None and any(long for _, _, long in parts):
+        context_words = DEFAULT_CONTEXT_WORDS
+    if context_words is not None:
+        prompt_set = with_long_context(prompt_set, context_words=context_words)
+    return prompt_set
 
 
-def _load_one(
+def _union(parts: Sequence[list[Prompt]]) -> list[Prompt]:
+    """The prompts of every part in order; a later part's prompt whose id, or kind and text, an
+    earlier part already holds is left out (duplicates within one set are that set's own)."""
+    out: list[Prompt] = list(parts[0])
+    for part in parts[1:]:
+        ids = {p.id for p in out}
+        texts = {(p.kind, p.text) for p in out}
+        out += [p for p in part if p.id not in ids and (p.kind, p.text) not in texts]
+    return out
+
+
+def _read_set(
     name: str,
     *,
-    limit: int | None = None,
-    context_words: int | None = None,
     column: str | None = None,
     category_column: str | None = None,
     kind: FileKind | None = None,
     label_column: str | None = None,
-    pair_builtin: bool = True,
-) -> PromptSet:
-    """Load a prompt set by name (see ``SET_NAMES``).
-
-    ``limit``: at most this many harmful and at most this many harmless prompts, a deterministic
-    category-stratified subset (``stratified_subset``); calibration prompts are never cut, PCR
-    needs all 20. ``context_words``: make every prompt its long variant (``NAME-long`` does this
-    with ``DEFAULT_CONTEXT_WORDS``). ``column``, ``category_column``, ``kind``, ``label_column``:
-    only for file sets, they override the format's defaults (``FileFormat``).
-    ``pair_builtin``: add the builtin harmless and calibration prompts to a set that has none.
-    """
-    _check_limit(limit)
+) -> tuple[str, list[Prompt], bool]:
+    """(base name, the set's own prompts, whether it was asked for as ``NAME-long``). ``column``,
+    ``category_column``, ``kind``, ``label_column``: only for file sets, they override the
+    format's defaults (``FileFormat``)."""
     overrides = {
         "column": column,
         "category_column": category_column,
@@ -120,9 +113,7 @@ def _load_one(
         "label_column": label_column,
     }
     prefix, sep, path = name.partition(":")
-    is_file = bool(sep) and prefix in FILE_FORMATS
-    base = name if is_file else name.removesuffix(LONG_SUFFIX)
-    if is_file:
+    if sep and prefix in FILE_FORMATS:
         if not path:
             raise PromptError(f"prompt set {name!r} names no file; write {prefix}:PATH")
         preset = FILE_FORMATS[prefix]
@@ -133,34 +124,15 @@ def _load_one(
             kind=kind or preset.kind,
             label_column=label_column or preset.label_column,
         )
-        prompts = read_prompt_file(path, fmt, source=None if prefix == "file" else prefix)
-    else:
-        given = [k for k, v in overrides.items() if v is not None]
-        if base not in _NAMED_SETS:
-            raise PromptError(f"unknown prompt set {name!r}; valid: {', '.join(SET_NAMES)}")
-        if given:
-            raise PromptError(
-                f"{'= and '.join(given)}= is for file sets only "
-                f"({', '.join(p + ':PATH' for p in FILE_FORMATS)}); {name!r} is a named set"
-            )
-        if base != name and context_words is None:
-            context_words = DEFAULT_CONTEXT_WORDS
-        prompts = list(_builtin_prompts()) if base == "builtin" else _BENCHMARK_LOADERS[base]()
-    notes: list[str] = []
-    if pair_builtin and base != "builtin":
-        for k in ("harmless", "calibration"):
-            if not any(p.kind == k for p in prompts):
-                prompts += [p for p in _builtin_prompts() if p.kind == k]
-                notes.append(f"{k} prompts: builtin ({name} has none)")
-    if limit is not None:
-        kept = {
-            p.id
-            for k in ("harmful", "harmless")
-            for p in stratified_subset([p for p in prompts if p.kind == k], limit)
-        }
-        prompts = [p for p in prompts if p.kind == "calibration" or p.id in kept]
-        notes.append(f"limit {limit}: category-stratified subset of the harmful and of the harmless prompts")
-    prompt_set = PromptSet(base, tuple(prompts), tuple(notes))
-    if context_words is not None:
-        prompt_set = with_long_context(prompt_set, context_words=context_words)
-    return prompt_set
+        return name, read_prompt_file(path, fmt, source=None if prefix == "file" else prefix), False
+    base = name.removesuffix(LONG_SUFFIX)
+    if base not in _NAMED_SETS:
+        raise PromptError(f"unknown prompt set {name!r}; valid: {', '.join(SET_NAMES)}")
+    given = [k for k, v in overrides.items() if v is not None]
+    if given:
+        raise PromptError(
+            f"{'= and '.join(given)}= is for file sets only "
+            f"({', '.join(p + ':PATH' for p in FILE_FORMATS)}); {name!r} is a named set"
+        )
+    prompts = list(_builtin_prompts()) if base == "builtin" else _BENCHMARK_LOADERS[base]()
+    return base, prompts, base != name

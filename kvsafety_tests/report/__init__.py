@@ -4,7 +4,8 @@ The parts, in the order data flows through them::
 
     schema       the document as frozen dataclasses (Report, RunEntry, ...) and the computed gate
     codec        the generic dataclass <-> JSON codec the schema's field rules drive; ReportError
-    build        a report built in code: new_report -> add_run(run_from_metrics(...)) -> finish_report
+    build        a report built in code: new_report -> add_run(run_from_metrics(...)) -> finish_report;
+                 pcr_from_diagnosis: a run's PCR entry from PCR's Diagnosis
     files        the report as JSON dicts and files: write_report (atomic), load_report
     atomic       atomic file writes (the report, the plots, the plugin's shared store)
     markdown     to_markdown: the gate and every run's rates, as Markdown
@@ -22,6 +23,7 @@ from .build import (
     error_run,
     finish_report,
     new_report,
+    pcr_from_diagnosis,
     prompt_record,
     run_from_metrics,
     utc_now,
@@ -80,6 +82,7 @@ __all__ = [
     "finish_report",
     "load_report",
     "new_report",
+    "pcr_from_diagnosis",
     "prompt_record",
     "report_from_dict",
     "report_path_problem",

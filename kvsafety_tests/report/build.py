@@ -1,8 +1,9 @@
 """Building a report in code: the environment, prompt records, runs, and the report's life.
 
 An audit starts a report with ``new_report`` (status ``incomplete``), appends each run with
-``add_run`` (``run_from_metrics`` for a measured run, ``error_run`` for one that could not produce
-its numbers) and stamps it with ``finish_report``. Every value is a frozen ``schema`` dataclass:
+``add_run`` (``run_from_metrics`` for a measured run, with ``pcr_from_diagnosis`` for its PCR
+entry; ``error_run`` for one that could not produce its numbers) and stamps it with
+``finish_report``. Every value is a frozen ``schema`` dataclass:
 each step returns a new one, held to the schema's rules as it is built.
 """
 
@@ -17,11 +18,25 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from ..gate import ThresholdOutcome
 from ..metrics import FLIP_RATES, RefusalMetrics
 from .codec import check_choice
-from .schema import STATUSES, AuditConfig, Environment, Interval, PcrEntry, PromptRecord, Report, RunEntry
+from .schema import (
+    STATUSES,
+    AuditConfig,
+    Environment,
+    Interval,
+    PcrEntry,
+    PcrPerLayer,
+    PromptRecord,
+    Report,
+    RunEntry,
+)
+
+if TYPE_CHECKING:
+    from ..pcr import Diagnosis
 
 __all__ = [
     "add_run",
@@ -29,6 +44,7 @@ __all__ = [
     "error_run",
     "finish_report",
     "new_report",
+    "pcr_from_diagnosis",
     "prompt_record",
     "run_from_metrics",
     "utc_now",
@@ -212,6 +228,37 @@ def run_from_metrics(
         notes=(*metrics.notes, *notes),
         prompts=records,
         completions_stored=store_completions,
+    )
+
+
+def pcr_from_diagnosis(diagnosis: Diagnosis, measured_recovery: float | None = None) -> PcrEntry | None:
+    """REPORT.md's ``pcr`` object from PCR's diagnosis and the plan's measured recovery (None when
+    there was no damage to diagnose: ``diagnosis.mode`` is None)."""
+    if diagnosis.mode is None:
+        return None
+    return PcrEntry(
+        mode=diagnosis.mode,
+        damage=diagnosis.damage,
+        per_layer=PcrPerLayer(
+            layer=tuple(diagnosis.layers),
+            r_layer=tuple(diagnosis.r_layer),
+            r_gran=tuple(diagnosis.r_gran),
+            r_out=tuple(diagnosis.r_out),
+        ),
+        plan=diagnosis.plan,
+        plan_memory_overhead=diagnosis.plan_memory_overhead,
+        predicted_recovery=diagnosis.predicted_recovery,
+        measured_recovery=measured_recovery,
+        calibration_prompts=diagnosis.calibration_prompts,
+        extra={
+            "top_layers": list(diagnosis.top),
+            "r_top": diagnosis.r_top,
+            "plan_layers": {str(k): v for k, v in sorted(diagnosis.plan_layers.items())},
+            "budget": diagnosis.budget,
+            "not_applicable": list(diagnosis.not_applicable),
+            "forward_passes": diagnosis.forward_passes,
+            "seconds": diagnosis.seconds,
+        },
     )
 
 

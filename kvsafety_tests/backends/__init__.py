@@ -1,6 +1,18 @@
 """Which inference backend runs an audit: ``hf`` (transformers + our quantized cache, the default)
 or ``vllm`` (the real vLLM engine and its own KV cache: what users serve with).
 
+The parts::
+
+    protocol  the Backend protocol (what the engine, PCR and the noise ratio use of a backend) and
+              the Completion every backend returns
+    chat      the chat-templated prompt ids and the EOS ids, shared so both backends see the same tokens
+    hf        HFBackend: a transformers model decoding through the QuantizedKVCache (imports torch)
+    vllm      VLLMBackend: the vLLM engine's own KV cache; vllm_cache_args, close_engines (imports
+              vLLM, torch and transformers only when an engine or a tokenizer is needed)
+
+This package re-exports the protocol, the chat helpers, ``make_backend`` (the backend for an audit's
+settings) and ``check_vllm_settings``; the backends themselves are imported from their modules
+(``kvsafety_tests.backends.hf``), so choosing and checking a backend imports neither.
 ``check_vllm_settings`` runs before any model loads: a quantizer vLLM cannot express, PCR (which
 needs per-layer control of the cache and the residual stream, hf only), or vLLM missing from this
 environment is one line naming what to change.
@@ -12,10 +24,21 @@ import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
-from .gate.thresholds import Thresholds
-from .settings import BACKENDS
+from ..gate.thresholds import Thresholds
+from ..settings import BACKENDS
+from .chat import chat_prompt_ids, eos_ids
+from .protocol import Backend, Completion, Progress
 
-__all__ = ["BACKENDS", "check_vllm_settings", "make_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Completion",
+    "Progress",
+    "chat_prompt_ids",
+    "check_vllm_settings",
+    "eos_ids",
+    "make_backend",
+]
 
 
 def check_vllm_settings(
@@ -27,7 +50,7 @@ def check_vllm_settings(
 ) -> None:
     """Raise ValueError (one line) when these settings cannot run on the vllm backend here. PCR, the
     noise ratio, or a threshold on either (``thresholds``: every set in force) needs the hf backend."""
-    from .vllm_backend import vllm_cache_args
+    from .vllm import vllm_cache_args
 
     for q in quantizers:
         vllm_cache_args(q)
@@ -44,11 +67,11 @@ def check_vllm_settings(
         )
 
 
-def make_backend(settings: Any, resolved_path: str, model: Any = None, tokenizer: Any = None) -> Any:
-    """The backend object for ``settings.backend``: an HFBackend over the loaded (model, tokenizer),
-    or a VLLMBackend over the model folder (vLLM loads the weights itself)."""
+def make_backend(settings: Any, resolved_path: str, model: Any = None, tokenizer: Any = None) -> Backend:
+    """The backend for ``settings.backend`` (an audit's settings): an HFBackend over the loaded
+    (model, tokenizer), or a VLLMBackend over the model folder (vLLM loads the weights itself)."""
     if settings.backend == "vllm":
-        from .vllm_backend import VLLMBackend
+        from .vllm import VLLMBackend
 
         return VLLMBackend(
             resolved_path,
@@ -58,8 +81,8 @@ def make_backend(settings: Any, resolved_path: str, model: Any = None, tokenizer
             tensor_parallel_size=settings.tensor_parallel_size,
             trust_remote_code=settings.trust_remote_code,
         )
-    from .hf_backend import HFBackend
-    from .kernels import resolve_kernels
+    from ..kernels import resolve_kernels
+    from .hf import HFBackend
 
     return HFBackend(
         model,

@@ -19,9 +19,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ..backends import Backend
+    from ..spec import QuantSpec
 
 __all__ = ["NoiseRatio", "capture", "noise_ratio", "noise_ratio_bounds", "safety_subspace"]
 
@@ -155,13 +159,18 @@ def noise_ratio_bounds(
 
 
 def capture(
-    backend: Any,
+    backend: Backend,
     prompts: Sequence[str],
-    spec: Any,
+    spec: QuantSpec | str,
     layers: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Residual stream after each of ``layers`` (default all) at the last prompt token, under
     ``spec``'s cache in the prompt pass: [N, n_layers, hidden] float32. One forward per batch."""
     chosen = list(range(backend.num_layers)) if layers is None else list(layers)
     out = backend.run(list(prompts), spec, max_new_tokens=1, capture_layers=chosen)
-    return torch.stack([c.last_hidden for c in out])  # [N, n_layers, hidden]
+    hidden = []
+    for c in out:
+        if c.last_hidden is None:  # never a silent zero: the noise ratio would vouch for nothing
+            raise ValueError(f"the {backend.name} backend returned no residual stream for capture_layers")
+        hidden.append(c.last_hidden)  # [n_layers, hidden]
+    return torch.stack(hidden)  # [N, n_layers, hidden]

@@ -33,10 +33,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .metrics import log_odds
-from .spec import Fp8Scheme, Granularity, IntScheme, KVScheme, NoQuant, QuantSpec, TensorScheme, parse_spec
+from ..metrics import log_odds
+from ..spec import Fp8Scheme, Granularity, IntScheme, KVScheme, NoQuant, QuantSpec, TensorScheme, parse_spec
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -138,7 +141,7 @@ def intervention(kind: Intervention, kv: KVScheme, head_dim: int) -> KVScheme | 
 def _scheme_bytes(scheme: TensorScheme, window: int, head_dim: int, kv_heads: int) -> float:
     import torch
 
-    from .kernels import QuantizedStream
+    from ..kernels import QuantizedStream
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, kv_heads, BYTES_PROBE_TOKENS, head_dim, generator=gen).to(torch.bfloat16)
@@ -221,42 +224,11 @@ class Diagnosis:
     seconds: float
     notes: list[str] = field(default_factory=list)
 
-    def pcr_entry(self, measured_recovery: float | None = None) -> Any:
-        """REPORT.md's ``pcr`` object (None when there was no damage to diagnose)."""
-        from .report import PcrEntry, PcrPerLayer
-
-        if self.mode is None:
-            return None
-        return PcrEntry(
-            mode=self.mode,
-            damage=self.damage,
-            per_layer=PcrPerLayer(
-                layer=tuple(self.layers),
-                r_layer=tuple(self.r_layer),
-                r_gran=tuple(self.r_gran),
-                r_out=tuple(self.r_out),
-            ),
-            plan=self.plan,
-            plan_memory_overhead=self.plan_memory_overhead,
-            predicted_recovery=self.predicted_recovery,
-            measured_recovery=measured_recovery,
-            calibration_prompts=self.calibration_prompts,
-            extra={
-                "top_layers": list(self.top),
-                "r_top": self.r_top,
-                "plan_layers": {str(k): v for k, v in sorted(self.plan_layers.items())},
-                "budget": self.budget,
-                "not_applicable": list(self.not_applicable),
-                "forward_passes": self.forward_passes,
-                "seconds": self.seconds,
-            },
-        )
-
 
 class _Scorer:
     """Mean first-token refusal score over the harmful calibration prompts, one pass per spec."""
 
-    def __init__(self, backend: Any, prompts: Sequence[str], refusal_tokens: Sequence[int]) -> None:
+    def __init__(self, backend: Backend, prompts: Sequence[str], refusal_tokens: Sequence[int]) -> None:
         self.backend = backend
         self.prompts = list(prompts)
         self.tokens = list(refusal_tokens)
@@ -276,7 +248,7 @@ class _Scorer:
 
 
 def diagnose(
-    backend: Any,
+    backend: Backend,
     spec: QuantSpec | str,
     harmful_prompts: Sequence[str],
     refusal_tokens: Sequence[int],

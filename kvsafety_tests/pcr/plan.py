@@ -19,11 +19,14 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .pcr import Diagnosis, intervention, override_extra_bytes, spec_bytes_per_token
-from .spec import KVScheme, QuantSpec, parse_spec
-from .stats import wilson_interval
+from ..spec import KVScheme, QuantSpec, parse_spec
+from ..stats import wilson_interval
+from .diagnosis import Diagnosis, intervention, override_extra_bytes, spec_bytes_per_token
+
+if TYPE_CHECKING:
+    from ..backends.hf import HFBackend
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
@@ -140,7 +143,7 @@ def baseline_specs(
     return specs
 
 
-def attention_concentration(backend: Any, prompts: Sequence[str]) -> list[float]:
+def attention_concentration(backend: HFBackend, prompts: Sequence[str]) -> list[float]:
     """Per layer: 1 - normalized entropy of the last prompt token's attention over the prompt's
     tokens, averaged over heads and prompts (fp cache, eager attention for the weights)."""
     import torch

@@ -28,10 +28,10 @@ backend round to nearest even (as CUDA's satfinite cast does). The same spec is 
 same quantizer on the two backends on CPU: on Qwen2.5-0.5B the first-token log-prob gap between
 them is 8-10x the bf16 floor with round-to-nearest, near the floor with round-toward-zero.
 
-Identical inputs: prompts are chat-templated by the model's own tokenizer exactly as
-``HFBackend.encode`` does and handed to vLLM as token ids (``TokensPrompt``), so both backends see
-the same tokens. Generation is greedy (``temperature=0``), stops at the same EOS ids, and the text is
-decoded by the same tokenizer call.
+Identical inputs: prompts are chat-templated by the model's own tokenizer with the same function
+as ``HFBackend.encode`` (``chat.chat_prompt_ids``) and handed to vLLM as token ids (``TokensPrompt``),
+so both backends see the same tokens. Generation is greedy (``temperature=0``), stops at the same EOS
+ids (``chat.eos_ids``), and the text is decoded by the same tokenizer call.
 
 First-token scores (``score_tokens``) are exact, not a top-k approximation: vLLM's
 ``SamplingParams.logprob_token_ids`` returns the full-vocabulary float32 ``log_softmax`` of the raw
@@ -61,8 +61,9 @@ and touched up front. The default here is ``CPU_KV_CACHE_BYTES`` (1 GiB); ``engi
 {"kv_cache_memory_bytes": n}`` sets it to the byte, and it must hold ``max_model_len`` tokens (the
 model's own context length unless ``max_model_len`` is given). ``VLLM_CPU_KVCACHE_SPACE`` (whole
 GiB), when set, overrides both (vLLM's rule). Before vLLM is first imported,
-``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (engine in this process) is set unless already set. vLLM is
-imported lazily: this module imports without it.
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (engine in this process) is set unless already set. vLLM,
+torch and transformers are imported lazily: this module (and ``vllm_cache_args``, which checks a
+vllm configuration before any model loads) imports without them.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .hf_backend import Completion, chat_prompt_ids
-from .spec import Fp8Scheme, KVScheme, NoQuant, QuantSpec, parse_spec
+from ..spec import Fp8Scheme, KVScheme, NoQuant, QuantSpec, parse_spec
+from .chat import chat_prompt_ids, eos_ids
+from .protocol import Completion, Progress
 
 __all__ = [
     "CPU_HEAD_SIZES",
@@ -91,8 +93,6 @@ __all__ = [
     "close_engines",
     "vllm_cache_args",
 ]
-
-Progress = Callable[[int, int], None]
 
 #: Head sizes vLLM 0.32's CPU attention supports (``CPUAttentionBackend.get_supported_head_sizes``).
 CPU_HEAD_SIZES: tuple[int, ...] = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
@@ -255,7 +255,8 @@ def _trim_heap() -> None:
 
 
 class VLLMBackend:
-    """A model folder served by vLLM that runs (prompts, spec) -> completions like ``HFBackend``."""
+    """A model folder served by vLLM that runs (prompts, spec) -> completions like ``HFBackend`` (a
+    ``Backend``)."""
 
     name = "vllm"
 
@@ -282,7 +283,7 @@ class VLLMBackend:
 
         path = Path(os.path.expanduser(str(model)))
         if not path.is_dir():
-            from .models import resolve_model
+            from ..models import resolve_model
 
             path = Path(resolve_model(str(model)).path)
         self.model_path = str(path)
@@ -532,7 +533,4 @@ def _eos_ids(model_path: str, tokenizer: Any) -> list[int]:
         from transformers import AutoConfig
 
         eos = getattr(AutoConfig.from_pretrained(model_path, local_files_only=True), "eos_token_id", None)
-    ids = list(eos) if isinstance(eos, list) else [eos] if eos is not None else []
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return sorted(set(ids))
+    return eos_ids(eos, tokenizer)

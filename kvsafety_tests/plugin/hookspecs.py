@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .report import RunEntry
+    from ..report import RunEntry
 
 
 @pytest.hookspec

@@ -9,38 +9,21 @@ decoding would have stored at that step. A sequence stops at EOS; a batch ends w
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .cache import QuantizedKVCache, cache_kwarg
-from .kernels import Backend
-from .spec import QuantSpec, parse_spec
+from ..cache import QuantizedKVCache, cache_kwarg
+from ..kernels import Backend as Kernels
+from ..spec import QuantSpec, parse_spec
+from .chat import chat_prompt_ids, eos_ids
+from .protocol import Completion, Progress
 
-__all__ = ["Completion", "HFBackend", "chat_prompt_ids"]
-
-Progress = Callable[[int, int], None]
-
-
-@dataclass
-class Completion:
-    """One prompt's result under one quantizer."""
-
-    prompt_index: int
-    token_ids: list[int]
-    text: str
-    prompt_tokens: int
-    first_token_scores: dict[str, float] = field(default_factory=dict)
-    logprobs: list[float] = field(default_factory=list)  # teacher forcing: log p(token) per forced token
-    quantized_fraction: float | None = None  # of the attended K/V at the first response position
-    #: Residual stream at the last prompt token after each captured decoder layer, [n_layers, hidden]
-    #: float32 (``run(capture_layers=...)``), else None.
-    last_hidden: torch.Tensor | None = None
+__all__ = ["HFBackend"]
 
 
 class HFBackend:
-    """A loaded causal LM + tokenizer that runs (prompts, spec) -> completions."""
+    """A loaded causal LM + tokenizer that runs (prompts, spec) -> completions (a ``Backend``)."""
 
     name = "hf"
 
@@ -51,14 +34,14 @@ class HFBackend:
         *,
         batch_size: int = 16,
         system_prompt: str | None = None,
-        kernels: Backend = "torch",
+        kernels: Kernels = "torch",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.system_prompt = system_prompt
         #: The kernel implementation that quantizes the cache (resolved: torch, compiled or triton).
-        self.kernels: Backend = kernels
+        self.kernels: Kernels = kernels
         self.num_layers = int(model.config.num_hidden_layers)
         self.head_dim = int(
             getattr(model.config, "head_dim", None)
@@ -73,10 +56,7 @@ class HFBackend:
         self.dtype = next(model.parameters()).dtype
         self._cache_kw = cache_kwarg(model)
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
-        eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        if tokenizer.eos_token_id is not None:
-            eos_ids.append(tokenizer.eos_token_id)
-        self.eos_ids = sorted(set(eos_ids))
+        self.eos_ids = eos_ids(eos, tokenizer)
         #: True stored K/V bytes per held token position in the last ``run`` (all layers, K and V).
         self.last_kv_bytes_per_token: float | None = None
 
@@ -313,16 +293,6 @@ class HFBackend:
         return completions
 
 
-def chat_prompt_ids(tokenizer: Any, prompt: str, system_prompt: str | None = None) -> list[int]:
-    """The prompt in the model's chat template, up to where the assistant's answer begins, as
-    token ids (every backend encodes with this, so all see the same tokens)."""
-    messages = [{"role": "user", "content": prompt}]
-    if system_prompt is not None:
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def _last_token_hook(store: dict[int, torch.Tensor], layer: int) -> Callable[..., None]:
     """A forward hook keeping a decoder layer's output at the last position (the last prompt token
     under left padding) as float32 [B, hidden], and nothing else of the sequence."""
@@ -337,7 +307,7 @@ def _last_token_hook(store: dict[int, torch.Tensor], layer: int) -> Callable[...
 def _one_pass_exact(spec: QuantSpec, num_layers: int) -> bool:
     """Whether a whole forced continuation can go through in one pass without changing what any
     token attends to: every layer quantizes each token on arrival, by itself."""
-    from .cache import is_token_local
+    from ..cache import is_token_local
 
     return all(
         spec.window(i) == 1 and is_token_local(spec.layer(i).key) and is_token_local(spec.layer(i).value)

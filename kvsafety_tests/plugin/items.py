@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .gate import COVERAGE_METRIC, METRIC_OF, coverage_violation
-from .spec import parse_spec
+from ..gate import COVERAGE_METRIC, METRIC_OF, coverage_violation
+from ..spec import parse_spec
 
 if TYPE_CHECKING:
-    from .report import RunEntry
-    from .session import GateSession
+    from ..engine import GateSession
+    from ..report import RunEntry
 
 __all__ = ["COVERAGE_METRIC", "GateFailure", "GateItem", "InconclusiveWarning", "gate_items"]
 

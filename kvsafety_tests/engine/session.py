@@ -1,27 +1,19 @@
-"""One ``pytest --kvsafety`` run: computes each (model, quantizer) once and assembles the report.
+"""``GateSession``: one audit's runs, each (model, quantizer) computed once, and the report.
 
-Under pytest-xdist every worker holds a ``GateSession`` over the same ``SharedStore`` (a folder the
-controller creates): the first process to need a value (a model's fp arm, a quantizer's run)
-computes it under a file lock and the others read it, so each is computed once across workers and
-every process sees the same numbers. Workers send their runs to the controller through
-``workeroutput``; the controller writes the one report.
+The pytest plugin holds one per process (controller, sole process, or xdist worker) and the CLI
+one per audit. A run is computed by ``ModelAudit`` (``engine.audit``) and kept in the
+``SharedStore`` (``engine.store``), so every process reads the same numbers. Workers send their
+runs to the controller through ``workeroutput``; the controller writes the one report.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import hashlib
-import json
-import os
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .models import log_progress
-from .report import (
+from ..models import log_progress
+from ..report import (
     AuditConfig,
     Report,
     RunEntry,
@@ -32,148 +24,14 @@ from .report import (
     run_to_dict,
     utc_now,
 )
-from .report.atomic import write_atomically
-from .settings import GateConfig
+from ..settings import GateConfig
+from .audit import AuditSettings, Log, ModelAudit
+from .store import SharedStore
 
-__all__ = [
-    "Combo",
-    "GateSession",
-    "Log",
-    "ProgressFile",
-    "SharedStore",
-    "pick_device",
-    "visible_gpus",
-    "worker_gpus",
-]
+__all__ = ["Combo", "GateSession"]
 
 Combo = tuple[str, str]  # (model, quantizer)
 _RUN_KIND = "run"
-Log = Callable[[str], None]
-
-
-class SharedStore:
-    """JSON values shared by the processes of one pytest run, each computed once under a lock."""
-
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, key: str) -> Path:
-        """``<kind>-<digest>.json``, kind being the key up to its first NUL (``run``, ``fp``)."""
-        kind = key.split("\0", 1)[0]
-        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-        return self.folder / f"{kind}-{digest}.json"
-
-    @contextlib.contextmanager
-    def _locked(self, path: Path) -> Iterator[None]:
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def count(self, kind: str) -> int:
-        """How many values of this kind any process has stored so far (no file is read)."""
-        return sum(1 for _ in self.folder.glob(f"{kind}-*.json"))
-
-    def values(self, kind: str) -> list[Any]:
-        """Every stored value of this kind (what any process computed so far)."""
-        paths = sorted(self.folder.glob(f"{kind}-*.json"))
-        return [json.loads(p.read_text(encoding="utf-8"))["value"] for p in paths]
-
-    def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
-        path = self._path(key)
-        if path.exists():
-            return json.loads(path.read_text(encoding="utf-8"))["value"]
-        with self._locked(path):
-            if path.exists():  # computed by another process while this one waited
-                return json.loads(path.read_text(encoding="utf-8"))["value"]
-            # encoded before any file exists; the computing process returns the decoded value too,
-            # so it sees what every other process reads (lists, not tuples; string keys)
-            text = json.dumps({"key": key, "value": compute()})
-            write_atomically(path, lambda f: f.write(text.encode("utf-8")))
-            return json.loads(text)["value"]
-
-
-class ProgressFile:
-    """Progress lines of xdist workers, whose stderr pytest-xdist does not show: each worker appends
-    to one file in the store, and the controller's ``tail`` thread prints new lines as they come."""
-
-    def __init__(self, store: SharedStore) -> None:
-        self.path = store.folder / "progress.log"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def writer(self, worker: str) -> Log:
-        def log(message: str) -> None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(f"[{worker}] {message}\n")
-
-        return log
-
-    def tail(self, log: Log, *, interval: float = 0.5) -> None:
-        def follow() -> None:
-            offset = 0
-            while True:
-                stopping = self._stop.wait(interval)
-                if self.path.exists():
-                    with open(self.path, encoding="utf-8") as f:
-                        f.seek(offset)
-                        chunk = f.read()
-                    complete = chunk[: chunk.rfind("\n") + 1]
-                    offset += len(complete.encode("utf-8"))
-                    for line in complete.splitlines():
-                        log(line)
-                if stopping:
-                    return
-
-        self._thread = threading.Thread(target=follow, name="kvsafety-progress", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
-def pick_device(device: str, *, worker_index: int | None, cuda_count: int) -> str:
-    """The device this process audits on: ``auto`` is cuda when there is one; under pytest-xdist with
-    several GPUs, worker N takes GPU N mod count (a plain ``cuda`` only; ``cuda:K`` is kept)."""
-    if device == "auto":
-        device = "cuda" if cuda_count else "cpu"
-    if device == "cuda" and worker_index is not None and cuda_count > 1:
-        return f"cuda:{worker_index % cuda_count}"
-    return device
-
-
-def visible_gpus(environ: Mapping[str, str], cuda_count: int) -> list[str]:
-    """The GPUs this process may hand out: CUDA_VISIBLE_DEVICES's entries where it is set (ids or
-    UUIDs, in order; empty means none), else 0..cuda_count-1."""
-    value = environ.get("CUDA_VISIBLE_DEVICES")
-    if value is None:
-        return [str(i) for i in range(cuda_count)]
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def worker_gpus(worker_index: int, workers: int, per_worker: int, visible: Sequence[str]) -> list[str]:
-    """The GPUs pytest-xdist worker ``worker_index`` (of ``workers``) owns: its own consecutive
-    block of ``per_worker`` (vLLM's tensor_parallel_size). vLLM engines claim most of a GPU's
-    memory, so two workers never share one: too few GPUs is an error naming the choices."""
-    need = workers * per_worker
-    listed = ",".join(visible) or "none"
-    if per_worker > len(visible):
-        raise ValueError(
-            f"tensor_parallel_size {per_worker}: each engine needs that many GPUs, "
-            f"{len(visible)} visible ({listed})"
-        )
-    if need > len(visible):
-        raise ValueError(
-            f"{workers} pytest-xdist workers x tensor_parallel_size {per_worker} need {need} GPUs, "
-            f"{len(visible)} visible ({listed}); use -n {len(visible) // per_worker} "
-            "or fewer, or a smaller tensor_parallel_size"
-        )
-    return list(visible[worker_index * per_worker : (worker_index + 1) * per_worker])
 
 
 class GateSession:
@@ -189,8 +47,8 @@ class GateSession:
         worker_index: int | None = None,
         on_run: Callable[[RunEntry], None] | None = None,
     ) -> None:
-        from .judge import load_judge
-        from .prompts import load_prompts
+        from ..judge import load_judge
+        from ..prompts import load_prompts
 
         self.config = config
         self.store = store
@@ -241,8 +99,6 @@ class GateSession:
     def _engine(self, model: str) -> Any:
         if model in self._engines or model in self._engine_errors:
             return self._engines.get(model)
-        from .audit import AuditSettings, ModelAudit
-
         c = self.config
         shared = {**c.shared(), "device": self.device, "thresholds": c.thresholds_for(model)}
         settings = AuditSettings(**shared, model=model)
@@ -297,7 +153,7 @@ class GateSession:
     def report(self, *, problems: Iterable[str] = (), in_progress: bool = False) -> Report:
         """The final report: complete only when every expected run is here and nothing went wrong.
         ``in_progress``: the runs so far, status incomplete (what a killed run leaves on disk)."""
-        from .report import detect_environment
+        from ..report import detect_environment
 
         c = self.config
         config = AuditConfig(
