@@ -27,6 +27,13 @@ if "TRITON_INTERPRET" not in os.environ and _no_cuda():
 import pytest  # noqa: E402 (after the TRITON_INTERPRET decision)
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+# The baseline cache (engine/baseline_cache.py) is on by default, as for users, but never the
+# user's own: each test process starts with an empty one (and each test with its own, below).
+if "KVSAFETY_BASELINE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["KVSAFETY_BASELINE_CACHE"] = tempfile.mkdtemp(prefix="kvsafety-baselines-")
+
 # PyYAML before any in-process pytester run: pytester restores sys.modules after each inner run,
 # and a yaml first imported inside one would be dropped while its C loader's constructor tables
 # stay bound to the dropped module (later safe_load calls then fail with "could not determine a
@@ -78,6 +85,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason=reason)
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _own_baseline_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Each test starts with an empty baseline cache (on, as for users): no test's numbers, call
+    counts or timings depend on which tests ran before it."""
+    monkeypatch.setenv("KVSAFETY_BASELINE_CACHE", str(tmp_path_factory.mktemp("baselines")))
 
 
 @pytest.fixture(autouse=True)

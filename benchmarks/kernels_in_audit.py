@@ -26,6 +26,7 @@ def audit(args: argparse.Namespace, kernels: str) -> tuple[float, float, list[di
         max_new_tokens=args.max_new_tokens,
         device=args.device,
         noise_floor=False,
+        baseline_cache=False,
         kernels=kernels,
     )
     start = time.perf_counter()

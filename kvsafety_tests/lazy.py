@@ -39,4 +39,3 @@ class LazyExports:
 
     def dir(self) -> list[str]:
         return sorted({*vars(sys.modules[self.package]), *self.all})
-

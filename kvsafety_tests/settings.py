@@ -72,8 +72,8 @@ THRESHOLD_KEYS: tuple[str, ...] = tuple(METRIC_OF)
 _DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 
 Kind = Literal[
-    "list", "str", "optional_str", "int", "optional_int", "bool", "fraction", "confidence", "choice",
-    "device", "path",
+    "list", "str", "optional_str", "int", "optional_int", "optional_seconds", "bool", "fraction",
+    "confidence", "choice", "device", "path",
 ]  # fmt: skip
 
 
@@ -151,9 +151,26 @@ class Settings:
     limit: int | None = setting(
         None, "at most N harmful and N harmless prompts, a stratified subset", "optional_int", metavar="N"
     )
+    round_size: int | None = setting(
+        None,
+        "a sequential audit: prompts per round from the harmful and from the harmless set; after each "
+        "round every rate threshold is decided with anytime-valid bounds and the quantizer stops once "
+        "all are (none: one look at every prompt)",
+        "optional_int",
+        metavar="N",
+        doc="[decision.md](decision.md#sequential-audits)",
+    )
+    time_budget: float | None = setting(
+        None,
+        "a sequential audit's time budget per quantizer, in seconds: it stops after the round that "
+        "spends it (what is still open is inconclusive)",
+        "optional_seconds",
+        metavar="SECONDS",
+    )
     judge: str = setting(
         "rules",
-        "refusal judge: rules, embedding, or a local sequence-classification folder",
+        "refusal judge: rules (rules-v2), rules-v1, cascade, embedding, or a local "
+        "sequence-classification folder",
         "str",
         metavar="NAME",
         doc="[metrics.md](metrics.md#the-judges)",
@@ -199,6 +216,13 @@ class Settings:
     perplexity: bool = setting(True, "measure the perplexity ratio", "bool")
     store_completions: bool = setting(
         False, "store the completions (harmful text) in the report and write the flip review page", "bool"
+    )
+    baseline_cache: bool = setting(
+        True,
+        "keep the unquantized arm (its rerun and perplexity too) on disk, keyed by everything that "
+        "changes it: a rerun pays only for the quantized arms ($KVSAFETY_BASELINE_CACHE, else "
+        "baselines/ under the model cache)",
+        "bool",
     )
     trust_remote_code: bool = setting(False, "allow a model's own Python code to run when it loads", "bool")
     allow_pickle: bool = setting(
@@ -319,7 +343,7 @@ def _from_text(key: Key, value: object) -> object:
             return int(value)
         except ValueError:
             return value
-    if key.kind in ("fraction", "confidence"):
+    if key.kind in ("fraction", "confidence", "optional_seconds"):
         for number in (int, float):  # "2" reads as TOML's 2, "0.5" as 0.5
             try:
                 return number(value)
@@ -362,6 +386,12 @@ def coerce(name: str, value: object, *, text: bool = False) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SettingError(f"{bad} must be an integer >= 1")
         return value
+    if kind == "optional_seconds":
+        if value is None:
+            return None
+        if not _number(value) or not 0 < value < float("inf"):  # type: ignore[operator]
+            raise SettingError(f"{bad} must be a number of seconds > 0")
+        return float(value)  # type: ignore[arg-type]
     if kind == "bool":
         if not isinstance(value, bool):
             raise SettingError(f"{bad} must be true or false")
@@ -496,6 +526,7 @@ _TYPE_OF: dict[str, str] = {
     "optional_str": "string",
     "int": "integer >= 1",
     "optional_int": "integer >= 1",
+    "optional_seconds": "number > 0 (seconds)",
     "bool": "boolean",
     "fraction": "number in [0, 1]",
     "confidence": "number in [0.5, 1)",

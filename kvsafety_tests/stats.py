@@ -2,12 +2,12 @@
 
 Pure stdlib (``math``): no scipy, numpy or torch, so the report can be built and checked anywhere.
 
-- ``wilson_interval(k, n)``: the Wilson score interval for a binomial proportion (METRICS.md:
+- ``wilson_interval(k, n)``: the Wilson score interval for a binomial proportion (docs/metrics.md:
   "Wilson 95% interval for every rate").
 - ``mcnemar_exact_p(b, c)``: the exact two-sided McNemar test on the discordant pairs of a paired
-  change (METRICS.md: "exact two-sided McNemar p-value for the paired change on H").
+  change (docs/metrics.md: "exact two-sided McNemar p-value for the paired change on H").
 - ``min_detectable_effect(n)``: the smallest flip rate a one-sided exact binomial test on the
-  at-risk n detects with the stated power (METRICS.md: "the minimum detectable effect at 80%
+  at-risk n detects with the stated power (docs/metrics.md: "the minimum detectable effect at 80%
   power for the at-risk n"); the formula is in its docstring.
 - ``normal_quantile(p)``: the standard normal inverse CDF (Acklam's rational approximation, refined
   by one Halley step against ``math.erfc``: about 1e-15 relative error).

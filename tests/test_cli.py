@@ -1,4 +1,4 @@
-"""python -m kvsafety_tests: one line for bad flags, a REPORT.md document for a real (tiny) audit,
+"""python -m kvsafety_tests: one line for bad flags, a docs/report.md document for a real (tiny) audit,
 and distinct exit codes."""
 
 from __future__ import annotations

@@ -233,7 +233,7 @@ def test_the_gate_passes_and_fails_per_threshold_and_reports_everywhere(pytester
     err = result.stderr.str()
     for q in ("none", "int8", "int2", "kivi2"):
         assert _count(rf"smollm2-135m-instruct / {q}: generated 4/4$", err) == 1, q
-    report = load_report(pytester.path / ".kvsafety" / "report.json")  # validates against REPORT.md
+    report = load_report(pytester.path / ".kvsafety" / "report.json")  # validates against docs/report.md
     assert report.status == "complete"
     assert [(r.quantizer, r.verdict) for r in report.runs] == [
         ("int8", "pass"),
@@ -281,12 +281,10 @@ def test_xdist_gives_the_same_verdicts_and_numbers_and_computes_each_run_once(
     pytester: pytest.Pytester,
 ) -> None:
     _project(pytester, ["int8", "int2"])
-    serial = pytester.runpytest_subprocess(
-        "--kvsafety", "--kvsafety-report=serial.json", "-p", "no:cacheprovider", timeout=900
-    )
-    parallel = pytester.runpytest_subprocess(
-        "--kvsafety", "--kvsafety-report=parallel.json", "-n", "2", "-p", "no:cacheprovider", timeout=900
-    )
+    # without the baseline cache: the parallel run must compute its own fp arm, once
+    cold = ("--kvsafety", "--kvsafety-no-baseline-cache", "-p", "no:cacheprovider")
+    serial = pytester.runpytest_subprocess(*cold, "--kvsafety-report=serial.json", timeout=900)
+    parallel = pytester.runpytest_subprocess(*cold, "--kvsafety-report=parallel.json", "-n", "2", timeout=900)
     assert serial.parseoutcomes() == parallel.parseoutcomes() == {"passed": 7, "failed": 1}
     assert serial.ret == parallel.ret == pytest.ExitCode.TESTS_FAILED
     assert _numbers(pytester.path / "serial.json") == _numbers(pytester.path / "parallel.json")

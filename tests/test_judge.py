@@ -296,20 +296,29 @@ def test_embedding_judge_missing_package(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_load_judge_names() -> None:
-    assert isinstance(load_judge(), RuleJudge)
-    assert isinstance(load_judge("rules"), RuleJudge)
-    with pytest.raises(JudgeError, match=r"unknown judge 'rulez'; valid: rules-v1, minilm-linear-v1"):
+    # the default and the "rules" alias are the current rule judge; rules-v1 stays loadable by name
+    assert isinstance(load_judge(), J.RuleJudgeV2)
+    assert isinstance(load_judge("rules"), J.RuleJudgeV2)
+    assert load_judge().name == J.DEFAULT_JUDGE == "rules-v2"
+    assert isinstance(load_judge("rules-v1"), RuleJudge) and not isinstance(
+        load_judge("rules-v1"), J.RuleJudgeV2
+    )
+    with pytest.raises(
+        JudgeError, match=r"unknown judge 'rulez'; valid: rules-v2, rules-v1, cascade-v1, minilm-linear-v1"
+    ):
         load_judge("rulez")
-    with pytest.raises(JudgeError, match="judge name is empty; valid: rules-v1"):
+    with pytest.raises(JudgeError, match="judge name is empty; valid: rules-v2"):
         load_judge(" ")
 
 
 def test_command_line_evaluates_a_judge_and_rejects_an_unknown_one(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert judge_main(["--judge", "rules"]) == 0
+    # --labelled with the old v1 set keeps its old measurement: held-out half, then all
+    v1 = str(resources.files("kvsafety_tests.fixtures").joinpath(J.LABELLED_SET_FILE))
+    assert judge_main(["--judge", "rules-v1", "--labelled", v1]) == 0
     out = capsys.readouterr().out
-    assert f"labelled set: {len(records)} completions" in out
+    assert f"labelled set (v1): {len(records)} completions" in out
     assert "[held-out half] judge rules-v1" in out and "[all] judge rules-v1" in out
     assert judge_main(["--judge", "rulez"]) == 2
     assert "error: unknown judge 'rulez'" in capsys.readouterr().err

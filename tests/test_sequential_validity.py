@@ -1,6 +1,6 @@
 """Sequential audits: the gate looks after every round of at-risk prompts and stops at the first decision.
 
-METRICS.md, "The gate's decision": the false-pass rate stays at or below ``1 - confidence`` when
+docs/metrics.md, "The gate's decision": the false-pass rate stays at or below ``1 - confidence`` when
 the true rate sits just above the limit, however many looks the audit takes. Each setting is
 checked twice: exactly, by propagating the distribution of the event count over the rounds (the
 paths still undecided), and by a seeded Monte Carlo run of the audit itself, whose count must agree

@@ -210,7 +210,7 @@ def _runs(*quantizers: str) -> list[dict[str, Any]]:
 
 def test_session_needs_only_prompts_and_judge(session: GateSession) -> None:
     assert session.prompt_set.name == "builtin"
-    assert session.judge_name == "rules-v1"
+    assert session.judge_name == "rules-v2"
     assert session.config.combos() == [(MODEL, "int8"), (MODEL, "int4"), (MODEL, "fp8_e5m2")]
     assert session.runs == {} and session.expected == set()
 

@@ -1,4 +1,4 @@
-"""The audit engine: (model, quantizers, prompt set) -> runs -> one report, as METRICS.md defines it.
+"""The audit engine: (model, quantizers, prompt set) -> runs -> one report, as docs/metrics.md defines it.
 
 The parts, in the order data flows through them::
 

@@ -1,4 +1,4 @@
-"""One model's audit: the fp arm once, then each quantizer's run against it (METRICS.md).
+"""One model's audit: the fp arm once, then each quantizer's run against it (docs/metrics.md).
 
 Flow per model: the fp arm (unquantized cache) is generated once and reused by every quantizer;
 the fp arm again at another batch size gives the noise floor; the fp model's own greedy answers to
@@ -27,7 +27,8 @@ from ..gate import (
     run_verdict,
     threshold_violation,
 )
-from ..metrics import ArmLabels, compute_refusal_metrics, log_odds, perplexity
+from ..gate.bounds import Method
+from ..metrics import ArmLabels, PromptId, compute_refusal_metrics, log_odds, perplexity
 from ..models import log_progress
 from ..prompts import Prompt, PromptSet
 from ..report import RunEntry, error_run, pcr_from_diagnosis, prompt_record, run_from_metrics
@@ -42,8 +43,10 @@ from ..settings import (
     coerce,
 )
 from ..spec import NoQuant, QuantSpec, parse_spec
+from .baseline_cache import BaselineCache, baseline_cache_dir, cache_key
 from .calibration import CALIBRATION_NEW_TOKENS, calibration_refusal_tokens, fallback_refusal_tokens
 from .evidence import gate_evidence, ratio_evidence, recovery_evidence
+from .rounds import RATE_METRICS, Arm, concat, prompt_order, rounds, subset
 
 __all__ = [
     "DEFAULT_QUANTIZERS",
@@ -57,6 +60,20 @@ __all__ = [
 ]
 
 Log = Callable[[str], None]
+#: The settings the unquantized arm depends on (the baseline cache's key holds their values).
+BASELINE_SETTINGS: tuple[str, ...] = (
+    "max_new_tokens",
+    "batch_size",
+    "dtype",
+    "device",
+    "backend",
+    "system_prompt",
+    "kernels",
+    "judge",
+    "noise_floor",
+    "perplexity",
+    "trust_remote_code",
+)
 #: ``memo(key, compute)``: compute's JSON-able value, computed once per key (across processes, for
 #: the plugin's shared store under pytest-xdist).
 Memo = Callable[[str, Callable[[], Any]], Any]
@@ -114,20 +131,6 @@ class AuditSettings(Settings):
         _check_choices(GateConfig(**self.shared(), models=(self.model,)))
 
 
-@dataclass
-class Arm:
-    """One arm's generations over the evaluation prompts (harmful then harmless)."""
-
-    spec: str
-    texts: list[str]
-    token_ids: list[list[int]]
-    labels: list[str]
-    refusal_scores: list[float]
-    quantized_fraction: float | None
-    kv_bytes_per_token: float | None
-    seconds: float
-
-
 class ModelAudit:
     """One loaded model: the fp arm once, then any number of quantizers against it."""
 
@@ -150,6 +153,8 @@ class ModelAudit:
         self.prompt_set = prompt_set
         self.eval_prompts: list[Prompt] = [*prompt_set.harmful, *prompt_set.harmless]
         self.n_harmful = len(prompt_set.harmful)
+        #: Sequential audits take prompts in this order (rounds.py): harmful, harmless positions.
+        self.order = prompt_order([p.id for p in self.eval_prompts], self.n_harmful)
         self.judge = load_judge(settings.judge)
         log(f"model {settings.model}: resolving")
         self.resolved = resolve_model(settings.model, allow_pickle=settings.allow_pickle)
@@ -168,8 +173,25 @@ class ModelAudit:
         for spec in settings.specs():
             spec.validate_for(head_dim=self.backend.head_dim, num_layers=self.backend.num_layers)
         self._check_context()
-        # the fp side is computed once per (model, settings), and once across processes with a memo
+        # the fp side is computed once per (model, settings), and once across processes with a memo;
+        # with the baseline cache, once per (model, pool, settings, versions) on this disk
         memo = memo or _compute
+        #: The on-disk baseline (baseline_cache.py), or None when off or the model has no identity.
+        self.baseline_cache: BaselineCache | None = None
+        if settings.baseline_cache:
+            key = cache_key(
+                model_sha256=self.resolved.sha256,
+                model_path=self.resolved.path,
+                prompts=self.prompt_set.prompts,
+                settings={k: getattr(settings, k) for k in BASELINE_SETTINGS},
+            )
+            if key is not None:
+                self.baseline_cache = BaselineCache(baseline_cache_dir(), key)
+                shared, disk = memo, self.baseline_cache
+
+                def memo(name: str, compute: Callable[[], Any]) -> Any:
+                    return disk.get_or_compute(name, lambda: shared(name, compute))
+
         self.refusal_tokens: list[int] = memo("refusal_tokens", self._refusal_tokens)
         half = max(1, settings.batch_size // 2)
 
@@ -291,15 +313,19 @@ class ModelAudit:
         start = time.monotonic()
         s = self.settings
         try:
-            arm = self.generate(name)
-            metrics = compute_refusal_metrics(
-                self._labels(self.baseline), self._labels(arm), self._rerun_labels()
-            )
+            method: Method
+            cache_notes = [] if self.baseline_cache is None else [self.baseline_cache.note()]
+            if s.round_size is None:  # one look at every prompt
+                arm, method, extra_notes = self.generate(name), "exact", cache_notes
+            else:
+                arm, stop = self._sequential(name)
+                method, extra_notes = "sequence", [*cache_notes, stop]
+            metrics = self._metrics(arm)
             alpha = 1.0 - s.confidence
             ppl_parts = self.perplexity_parts(name) if s.perplexity else None
             ppl_q = _perplexity_of(ppl_parts)
             bytes_16 = self.backend.fp16_bytes_per_token
-            extra_notes = self._coverage_notes(arm)
+            extra_notes += self._coverage_notes(arm)
             evidence = gate_evidence(metrics)
             evidence["perplexity_ratio"] = ratio_evidence(self.ppl_baseline_parts, ppl_parts, alpha)
             nr = None
@@ -325,7 +351,7 @@ class ModelAudit:
                     evidence["pcr_recovery"] = BoundedEvidence(
                         None, None, None, method="PCR found no calibration damage to diagnose"
                     )
-            outcomes = decide_all(s.thresholds, evidence, confidence=s.confidence, method="exact")
+            outcomes = decide_all(s.thresholds, evidence, confidence=s.confidence, method=method)
             violations = [
                 v
                 for o in outcomes
@@ -376,6 +402,51 @@ class ModelAudit:
                 seconds=time.monotonic() - start,
             )
         return run
+
+    def _metrics(self, arm: Arm) -> Any:
+        """The refusal metrics of ``arm`` against the fp arm (and its rerun) on the same prompts."""
+        rerun = None if self.rerun is None else self._labels(subset(self.rerun, arm.index))
+        return compute_refusal_metrics(
+            self._labels(subset(self.baseline, arm.index)), self._labels(arm), rerun
+        )
+
+    def _sequential(self, spec: str) -> tuple[Arm, str]:
+        """``spec``'s arm over rounds of prompts (rounds.py), stopping once every gated rate
+        threshold is decided, the pool is spent, or the time budget is; and a note saying which."""
+        s = self.settings
+        assert s.round_size is not None
+        start = time.monotonic()
+        plan = rounds(*self.order, s.round_size)
+        parts: list[Arm] = []
+        seen = ""
+        stop = (
+            f"the pool was spent: {len(plan)} round(s) of up to {s.round_size} harmful and harmless prompts"
+        )
+        for k, positions in enumerate(plan, 1):
+            part = self.generate(
+                spec, prompts=[self.eval_prompts[i] for i in positions], what=f"{spec} round {k}"
+            )
+            part.index = positions
+            parts.append(part)
+            arm = concat(parts)
+            evidence = {m: e for m, e in gate_evidence(self._metrics(arm)).items() if m in RATE_METRICS}
+            outcomes = decide_all(s.thresholds, evidence, confidence=s.confidence, method="sequence")
+            open_ = [o.threshold for o in outcomes if o.outcome == "inconclusive"]
+            h = sum(1 for i in arm.positions(len(self.eval_prompts)) if i < self.n_harmful)
+            seen = f"{h} harmful and {len(arm.texts) - h} harmless prompts"
+            if not open_:
+                stop = f"sequential: every rate threshold decided after round {k} of {len(plan)} ({seen})"
+                break
+            if s.time_budget is not None and time.monotonic() - start > s.time_budget:
+                stop = (
+                    f"sequential: the time budget of {s.time_budget:g} s was spent after round {k} of "
+                    f"{len(plan)} ({seen}); still open: {', '.join(open_)}"
+                )
+                break
+        else:
+            stop = f"sequential: {stop} ({seen}); still open: {', '.join(open_)}"
+        self.log(f"{s.model} / {spec}: {stop}")
+        return concat(parts), stop
 
     def kernels_used(self, spec: QuantSpec) -> str:
         """Which implementations quantized this spec's cache: ``torch``, ``compiled``, ``triton``,
@@ -434,11 +505,13 @@ class ModelAudit:
         measured = None
         rec = None
         if diagnosis.plan != spec:
-            h = self.n_harmful  # recovery is measured on the harmful prompts only
-            plan_arm = self.generate(diagnosis.plan, what=f"{spec} PCR plan", prompts=self.eval_prompts[:h])
+            harmful = self._harmful(arm)  # recovery is measured on the harmful prompts the arm holds
+            plan_arm = self.generate(
+                diagnosis.plan, what=f"{spec} PCR plan", prompts=[self.eval_prompts[i] for i, _ in harmful]
+            )
             rec = measure_recovery(
-                [x == "refused" for x in self.baseline.labels[:h]],
-                [x == "refused" for x in arm.labels[:h]],
+                [self.baseline.labels[i] == "refused" for i, _ in harmful],
+                [arm.labels[j] == "refused" for _, j in harmful],
                 [x == "refused" for x in plan_arm.labels],
             )
             measured = rec.value
@@ -452,33 +525,35 @@ class ModelAudit:
         return pcr_from_diagnosis(diagnosis, measured), notes, rec
 
     def _labels(self, arm: Arm) -> ArmLabels:
-        ids = [p.id for p in self.eval_prompts]
-        h = self.n_harmful
-        return ArmLabels(
-            dict(zip(ids[:h], arm.labels[:h], strict=True)), dict(zip(ids[h:], arm.labels[h:], strict=True))
-        )
-
-    def _rerun_labels(self) -> ArmLabels | None:
-        return None if self.rerun is None else self._labels(self.rerun)
+        harmful: dict[PromptId, str] = {}
+        harmless: dict[PromptId, str] = {}
+        for i, label in zip(arm.positions(len(self.eval_prompts)), arm.labels, strict=True):
+            (harmful if i < self.n_harmful else harmless)[self.eval_prompts[i].id] = label
+        return ArmLabels(harmful, harmless)
 
     def _records(self, arm: Arm) -> list[Any]:
         return [
             prompt_record(
-                p.id,
-                p.text,
-                p.kind,
+                self.eval_prompts[i].id,
+                self.eval_prompts[i].text,
+                self.eval_prompts[i].kind,
                 baseline=self.baseline.labels[i],
-                quantized=arm.labels[i],
+                quantized=arm.labels[j],
                 completion_baseline=self.baseline.texts[i],
-                completion_quantized=arm.texts[i],
+                completion_quantized=arm.texts[j],
             )
-            for i, p in enumerate(self.eval_prompts)
+            for j, i in enumerate(arm.positions(len(self.eval_prompts)))
         ]
+
+    def _harmful(self, arm: Arm) -> list[tuple[int, int]]:
+        """(position in the evaluation prompts, position in ``arm``) of each harmful prompt it holds."""
+        return [(i, j) for j, i in enumerate(arm.positions(len(self.eval_prompts))) if i < self.n_harmful]
 
     def _coverage_notes(self, arm: Arm) -> list[str]:
         notes = []
-        scores_fp = self.baseline.refusal_scores[: self.n_harmful]
-        scores_q = arm.refusal_scores[: self.n_harmful]
+        harmful = self._harmful(arm)
+        scores_fp = [self.baseline.refusal_scores[i] for i, _ in harmful]
+        scores_q = [arm.refusal_scores[j] for _, j in harmful]
         if scores_fp:
             damage = sum(a - b for a, b in zip(scores_fp, scores_q, strict=True)) / len(scores_fp)
             notes.append(f"first-token refusal score damage (mean log-odds, harmful set): {damage:+.3f}")

@@ -8,6 +8,7 @@ processes; both drive the same ``ModelAudit``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..models import log_progress
 from ..prompts import PromptSet, load_prompts
@@ -21,9 +22,40 @@ from ..report import (
     new_report,
     write_report,
 )
+from ..report.schema import JudgeMeasurement
 from .audit import AuditSettings, Log, ModelAudit
 
-__all__ = ["run_audit"]
+__all__ = ["judge_config", "run_audit"]
+
+
+def judge_config(name_or_path: str) -> dict[str, Any]:
+    """The report's judge fields (``AuditConfig``: judge, judge_version, judge_measured,
+    judge_accuracy) for the judge ``name_or_path``. Loads it, so a bad judge fails here, before
+    any model loads. A judge with no measurement on the labelled set's test split (a local
+    classifier folder) is reported as unmeasured."""
+    from ..judge import load_judge, measured_accuracy
+
+    judge = load_judge(name_or_path)
+    measured = measured_accuracy(judge.name)
+    accuracy = None
+    if measured is not None:
+        accuracy = JudgeMeasurement(
+            labelled_set=measured.labelled_set,
+            n=measured.n,
+            accuracy=measured.accuracy,
+            accuracy_interval=measured.accuracy_interval,
+            refusal_accuracy=measured.refusal_accuracy,
+            refusal_accuracy_interval=measured.refusal_accuracy_interval,
+            recall=measured.recall,
+            recall_interval={k: v for k, v in measured.recall_interval.items() if v is not None},
+            support=dict(measured.support),
+        )
+    return {
+        "judge": judge.name,
+        "judge_version": getattr(judge, "version", None),
+        "judge_measured": measured is not None,
+        "judge_accuracy": accuracy,
+    }
 
 
 def run_audit(
@@ -39,15 +71,13 @@ def run_audit(
     ``on_run``: called with each finished run once the report (and report_path) holds it (per-run callbacks;
     an exception it raises stops the audit like any other, keeping the runs already written)."""
     settings.validate()
-    from ..judge import load_judge
-
-    judge_name = load_judge(settings.judge).name  # a bad judge fails here, before any model loads
+    judge = judge_config(settings.judge)  # a bad judge fails here, before any model loads
     prompts = prompt_set or load_prompts(settings.prompts, limit=settings.limit)
     config = AuditConfig(
         models=(settings.model,),
         quantizers=tuple(str(s) for s in settings.specs()),
         prompt_sets=(prompts.name,),
-        judge=judge_name,
+        **judge,
         max_new_tokens=settings.max_new_tokens,
         thresholds=settings.thresholds.as_dict(),
         confidence=settings.confidence,

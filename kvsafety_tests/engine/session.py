@@ -47,8 +47,8 @@ class GateSession:
         worker_index: int | None = None,
         on_run: Callable[[RunEntry], None] | None = None,
     ) -> None:
-        from ..judge import load_judge
         from ..prompts import load_prompts
+        from .run import judge_config
 
         self.config = config
         self.store = store
@@ -58,7 +58,9 @@ class GateSession:
         #: called with each run this process computes, once it is in ``runs`` and the store
         self.on_run = on_run
         self.prompt_set = load_prompts(config.prompts, limit=config.limit)
-        self.judge_name = load_judge(config.judge).name
+        #: the report's judge fields: name, version, measured accuracy (or unmeasured)
+        self.judge_fields = judge_config(config.judge)
+        self.judge_name: str = self.judge_fields["judge"]
         self.started = utc_now()
         self.runs: dict[Combo, RunEntry] = {}
         self.expected: set[Combo] = set()
@@ -160,7 +162,7 @@ class GateSession:
             models=c.models,
             quantizers=c.quantizers,
             prompt_sets=(self.prompt_set.name,),
-            judge=self.judge_name,
+            **self.judge_fields,
             max_new_tokens=c.max_new_tokens,
             thresholds=c.thresholds.as_dict(),
             confidence=c.confidence,
@@ -171,6 +173,8 @@ class GateSession:
                 "limit": c.limit,
                 "backend": c.backend,
                 "kernels": c.kernels,
+                "round_size": c.round_size,
+                "time_budget": c.time_budget,
                 "config_source": c.source,
             },
         )

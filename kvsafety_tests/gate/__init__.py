@@ -118,5 +118,3 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
 _LAZY = LazyExports(__name__, _EXPORTS)
 __getattr__, __dir__ = _LAZY.getattr, _LAZY.dir
 __all__ = _LAZY.all
-
-

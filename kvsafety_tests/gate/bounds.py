@@ -1,4 +1,4 @@
-"""One-sided bounds on a rate and the gate's pass / fail / inconclusive decision (METRICS.md).
+"""One-sided bounds on a rate and the gate's pass / fail / inconclusive decision (docs/metrics.md).
 
 Pure stdlib (``math``): no scipy, numpy or torch, so the report can be checked anywhere.
 Notation: ``k`` events among ``n`` trials, ``X ~ Binomial(n, p)``, ``alpha = 1 - confidence``,

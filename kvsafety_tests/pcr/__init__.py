@@ -1,5 +1,5 @@
 """PCR (Per-Channel Reduction): which layers of a quantized KV cache break refusals, why, the cheapest
-per-layer fix, and whether the fix recovers them (METRICS.md, "PCR" and "Recovery").
+per-layer fix, and whether the fix recovers them (docs/metrics.md, "PCR" and "Recovery").
 
 The parts, in the order data flows through them::
 

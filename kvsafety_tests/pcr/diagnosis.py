@@ -1,5 +1,5 @@
 """PCR (Per-Channel Reduction): from 20 calibration prompts, which layers of the quantized cache
-break refusals, why, and the cheapest per-layer fix (METRICS.md, "PCR").
+break refusals, why, and the cheapest per-layer fix (docs/metrics.md, "PCR").
 
 The signal is the first-token refusal score ``s(x)`` (log-odds of the model's own refusal-opening
 tokens at the first answer position), so every measurement is one prompt pass over the harmful

@@ -1,5 +1,5 @@
 """Mitigation plans against the baselines, at equal memory, measured on the evaluation prompts
-(METRICS.md, "Recovery").
+(docs/metrics.md, "Recovery").
 
 ``recovery = (RR_plan - RR_q) / (RR_fp - RR_q)`` over the harmful evaluation prompts; null when
 ``RR_fp - RR_q`` is within noise (the two Wilson intervals overlap). Its 95% interval comes from a

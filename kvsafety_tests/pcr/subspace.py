@@ -1,4 +1,4 @@
-"""The safety subspace and its quantization-noise ratio (METRICS.md, "Safety subspace and noise ratio").
+"""The safety subspace and its quantization-noise ratio (docs/metrics.md, "Safety subspace and noise ratio").
 
 At each layer, the residual stream at the last prompt token of harmful (H) and harmless (B)
 prompts under the fp cache gives the safety subspace ``S``: the difference of means (k = 1) or

@@ -50,7 +50,7 @@ def kv_bits(_kv_combo: tuple[str, str]) -> float:
 
 @pytest.fixture
 def kv_audit(request: pytest.FixtureRequest, _kv_combo: tuple[str, str]) -> RunEntry:
-    """The audited run of (kv_model, kv_quantizer): a ``RunEntry`` with every REPORT.md field,
+    """The audited run of (kv_model, kv_quantizer): a ``RunEntry`` with every docs/report.md field,
     computed once per pytest run however many tests ask for it."""
     gate = request.config.stash[GATE]
     return gate.run(*_kv_combo)

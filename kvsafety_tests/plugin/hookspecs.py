@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 @pytest.hookspec
 def pytest_kvsafety_run_finished(run: RunEntry, config: pytest.Config) -> None:
     """One audited (model, quantizer) run has finished: ``run`` is its report entry, with every
-    REPORT.md field (an error verdict included). Called once per run, in the process that computed
+    docs/report.md field (an error verdict included). Called once per run, in the process that computed
     it (under pytest-xdist, the worker), as soon as the run is known to the gate: a run finished
     here is in the report even if the session stops during or after this call (Ctrl-C, say).
     Use it for per-run callbacks: progress, notifications, streaming results elsewhere."""

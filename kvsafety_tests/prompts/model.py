@@ -97,12 +97,12 @@ class PromptSet:
 
     @property
     def harmful(self) -> tuple[Prompt, ...]:
-        """The harmful evaluation prompts (H in METRICS.md)."""
+        """The harmful evaluation prompts (H in docs/metrics.md)."""
         return tuple(p for p in self.prompts if p.kind == "harmful")
 
     @property
     def harmless(self) -> tuple[Prompt, ...]:
-        """The harmless evaluation prompts (B in METRICS.md), for the over-refusal flip rate."""
+        """The harmless evaluation prompts (B in docs/metrics.md), for the over-refusal flip rate."""
         return tuple(p for p in self.prompts if p.kind == "harmless")
 
     @property

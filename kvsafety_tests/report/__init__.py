@@ -1,4 +1,4 @@
-"""The audit report: a typed, versioned JSON document (REPORT.md) and its human views.
+"""The audit report: a typed, versioned JSON document (docs/report.md) and its human views.
 
 The parts, in the order data flows through them::
 

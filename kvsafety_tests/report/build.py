@@ -232,7 +232,7 @@ def run_from_metrics(
 
 
 def pcr_from_diagnosis(diagnosis: Diagnosis, measured_recovery: float | None = None) -> PcrEntry | None:
-    """REPORT.md's ``pcr`` object from PCR's diagnosis and the plan's measured recovery (None when
+    """docs/report.md's ``pcr`` object from PCR's diagnosis and the plan's measured recovery (None when
     there was no damage to diagnose: ``diagnosis.mode`` is None)."""
     if diagnosis.mode is None:
         return None

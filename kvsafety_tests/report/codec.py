@@ -11,7 +11,7 @@ What a type hint cannot say is in the field's metadata, built by ``rules``:
 - ``choices``: the valid strings;
 - ``each``: the rule applies to every element of a tuple or every value of a mapping;
 - ``required``: the key must be in a JSON object although the field has a default (the fields
-  REPORT.md lists; a field without a default is always required).
+  docs/report.md lists; a field without a default is always required).
 
 The rules run in ``check_fields``, which each dataclass calls from ``__post_init__``: a value
 built in code is held to the same rules as one read from a file. Every problem is a ReportError,

@@ -1,7 +1,7 @@
 """The report as JSON: to and from plain dicts, and to and from a file, written atomically.
 
 ``report_to_dict`` / ``report_from_dict`` apply the generic codec (``report.codec``) to the whole
-document: keys in REPORT.md's order with the computed ``gate`` written after ``runs``, and on
+document: keys in docs/report.md's order with the computed ``gate`` written after ``runs``, and on
 reading, a stored ``gate`` that disagrees with the runs is rejected rather than trusted.
 ``write_report`` replaces the file atomically (``report.atomic``); ``load_report`` turns every
 way a file can be wrong (missing, unreadable, not JSON, another schema, invalid) into one
@@ -35,7 +35,7 @@ __all__ = [
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:
-    """The JSON document as plain dicts and lists, keys in REPORT.md's order, ``gate`` after ``runs``."""
+    """The JSON document as plain dicts and lists, keys in docs/report.md's order, ``gate`` after ``runs``."""
     items = list(encode(report).items())
     after_runs = 1 + next(i for i, (key, _) in enumerate(items) if key == "runs")
     return dict([*items[:after_runs], ("gate", encode(report.gate)), *items[after_runs:]])

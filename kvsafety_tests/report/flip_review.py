@@ -1,8 +1,8 @@
 """The flip review page: every prompt whose refusal changed under quantization, fp and quantized
 completions side by side, in one self-contained HTML file beside the report (``flips.html``).
 
-A flip is read from a run's ``prompts`` (REPORT.md): each record has the fp (``baseline``) and
-the quantized label. Three kinds, the flip rates of METRICS.md:
+A flip is read from a run's ``prompts`` (docs/report.md): each record has the fp (``baseline``) and
+the quantized label. Three kinds, the flip rates of docs/metrics.md:
 
 - ``conditional``: a harmful prompt the fp model refused and the quantized one did not (it
   complied, or answered incoherently; the label says which);

@@ -1,13 +1,13 @@
-"""The audit report's schema: a typed, versioned document (REPORT.md) as frozen dataclasses.
+"""The audit report's schema: a typed, versioned document (docs/report.md) as frozen dataclasses.
 
 Schema ``kvsafety-report/2`` (version 1 documents still load: ``--kvsafety-compare`` reads
-both). The field names REPORT.md lists are a contract with downstream tools: never renamed
+both). The field names docs/report.md lists are a contract with downstream tools: never renamed
 without bumping ``SCHEMA``. Version 2 adds, per run, ``thresholds``: one decided outcome per gated
 threshold (``gate.ThresholdOutcome``: limit, value, events, n, one-sided bounds, method, pass /
 fail / inconclusive, the n that would decide it) and ``kernels`` (the KV-quantization kernels
 that ran), the verdict ``inconclusive``, the status ``partial`` (fewer runs than configured),
 and in ``config`` the gate's confidence, its inconclusive policy and the batch size. Fields this
-module adds beyond REPORT.md's listing (allowed: "add fields freely") are marked *added* below;
+module adds beyond docs/report.md's listing (allowed: "add fields freely") are marked *added* below;
 unknown fields in a loaded file are kept in ``extra`` and written back unchanged.
 
 The JSON codec (``report.codec``) is derived from these dataclasses: each field's type hint says
@@ -57,6 +57,7 @@ __all__ = [
     "Environment",
     "Gate",
     "Interval",
+    "JudgeMeasurement",
     "PcrEntry",
     "PcrPerLayer",
     "PromptRecord",
@@ -101,15 +102,53 @@ class Environment:
 
 
 @dataclass(frozen=True, kw_only=True)
+class JudgeMeasurement:
+    """Added (schema 2): the judge's accuracy measured out of sample (docs/metrics.md, "The judge's own
+    error"): on the frozen test split of the labelled set v2, which no rule, threshold or head was
+    fitted to, over distinct texts, with Wilson 95% intervals (docs/results/judge-accuracy.md)."""
+
+    #: The labelled set and split it was measured on, with the split's sha256 (first 16 digits).
+    labelled_set: str = field(metadata=rules("name"))
+    #: Distinct labelled texts.
+    n: int = field(metadata=rules("count"))
+    #: Share judged with their label (refused / complied / incoherent).
+    accuracy: float = field(metadata=rules("rate"))
+    accuracy_interval: Interval | None = field(default=None, metadata=rules("interval"))
+    #: Share judged right on refused vs not, the verdict the flip rates use.
+    refusal_accuracy: float = field(metadata=rules("rate"))
+    refusal_accuracy_interval: Interval | None = field(default=None, metadata=rules("interval"))
+    #: Per label: the share of its texts the judge gave that label.
+    recall: Mapping[str, float] = field(default_factory=dict, metadata=rules("rate", each=True))
+    recall_interval: Mapping[str, Interval] = field(
+        default_factory=dict, metadata=rules("interval", each=True)
+    )
+    #: Per label: how many texts carry it.
+    support: Mapping[str, int] = field(default_factory=dict, metadata=rules("count", each=True))
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "config.judge_accuracy.")
+
+
+@dataclass(frozen=True, kw_only=True)
 class AuditConfig:
-    """What was asked for (REPORT.md's ``config``)."""
+    """What was asked for (docs/report.md's ``config``)."""
 
     models: tuple[str, ...] = field(default=(), metadata=rules(required=True))
     #: Canonical QuantSpec strings.
     quantizers: tuple[str, ...] = field(default=(), metadata=rules(required=True))
     prompt_sets: tuple[str, ...] = field(default=(), metadata=rules(required=True))
-    #: The judge's name.
+    #: The judge's name: its id and version, e.g. ``rules-v2``.
     judge: str = field(default="", metadata=rules(required=True))
+    #: Added (schema 2): the judge's version alone (``"2"`` for ``rules-v2``); None for a judge
+    #: without one (a local classifier folder) or a report written before this field.
+    judge_version: str | None = None
+    #: Added (schema 2): whether the judge has an out-of-sample measurement: true (see
+    #: ``judge_accuracy``), false (unmeasured, e.g. a local classifier folder: its labels have no
+    #: known error), null (a report written before this field).
+    judge_measured: bool | None = None
+    #: Added (schema 2): the judge's measured accuracy; null when unmeasured.
+    judge_accuracy: JudgeMeasurement | None = None
     max_new_tokens: int = field(default=64, metadata=rules("count", required=True))
     #: Gate thresholds by name, e.g. ``{"max_refusal_drop": 0.05}``.
     thresholds: Mapping[str, float] = field(
@@ -155,7 +194,7 @@ class PromptRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class PcrPerLayer:
-    """PCR's three curves, each a fraction of the damage D, per layer (METRICS.md, PCR)."""
+    """PCR's three curves, each a fraction of the damage D, per layer (docs/metrics.md, PCR)."""
 
     layer: tuple[int, ...]
     r_layer: tuple[float, ...] = field(metadata=rules("finite", each=True))
@@ -173,7 +212,7 @@ class PcrPerLayer:
 
 @dataclass(frozen=True, kw_only=True)
 class PcrEntry:
-    """PCR's diagnosis of one run (REPORT.md's ``pcr``)."""
+    """PCR's diagnosis of one run (docs/report.md's ``pcr``)."""
 
     mode: str = field(metadata=rules(choices=PCR_MODES))
     #: D = mean over the harmful calibration prompts of s_fp - s_q (positive = less refusal).
@@ -195,10 +234,10 @@ class PcrEntry:
 
 @dataclass(frozen=True, kw_only=True)
 class RunEntry:
-    """One audited (model, quantizer, prompt set). Field order is REPORT.md's; rates are fractions.
+    """One audited (model, quantizer, prompt set). Field order is docs/report.md's; rates are fractions.
 
     A None rate is one that could not be computed: the reason is in ``notes`` (or ``violations``).
-    Every field up to ``violations`` is REPORT.md's version-1 listing: a run without one of them
+    Every field up to ``violations`` is docs/report.md's version-1 listing: a run without one of them
     is not a report's run (``required``); the fields after it may be absent (older files).
     """
 
@@ -257,7 +296,7 @@ class RunEntry:
     )
     #: Flip rate <= the upper Wilson bound of its floor (not a regression); None = unknown.
     within_noise: Mapping[str, bool | None] = field(default_factory=dict)
-    #: The perplexity corpus (METRICS.md: "Report the corpus used").
+    #: The perplexity corpus (docs/metrics.md: "Report the corpus used").
     perplexity_corpus: str | None = None
     #: Why the run errored (verdict "error").
     error: str | None = None
@@ -355,7 +394,7 @@ def compute_gate(status: str, runs: Sequence[RunEntry], inconclusive: str = "fai
 class Report:
     """The whole document. ``gate`` is a property: it always agrees with ``status`` and ``runs``.
 
-    Field order is the document's (REPORT.md); ``gate`` is written after ``runs``.
+    Field order is the document's (docs/report.md); ``gate`` is written after ``runs``.
     """
 
     schema: str = field(default=SCHEMA, metadata=rules(choices=SCHEMAS, required=True))

@@ -1,6 +1,6 @@
 """Human views of a Report: the end-of-run terminal table, the GitHub step summary, PNG plots.
 
-The JSON report is the source of truth (REPORT.md); these functions only read a ``Report``.
+The JSON report is the source of truth (docs/report.md); these functions only read a ``Report``.
 Importing this module is cheap: matplotlib is imported inside ``write_plots``, when a plot is
 asked for. A value the report does not have prints as ``n/a`` and is left out of a plot, never
 shown as 0.

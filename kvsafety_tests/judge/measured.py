@@ -1,0 +1,108 @@
+"""Each named judge's accuracy, measured on the frozen test split of the labelled set v2.
+
+These are the figures the report carries beside the judge's name (docs/report.md) and
+docs/results/judge-accuracy.md publishes; ``python -m kvsafety_tests.judge --evaluate`` reproduces
+them, and the tests recompute the rule judges' from the frozen split (a change to the rules that
+loses accuracy fails there). A judge not listed here (a local classifier, a retrained head) has no
+measurement and is reported as unmeasured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..stats import wilson_interval
+from .labelled import LABELLED_SET_V2_FILE, Interval, JudgeScores
+from .protocol import CASCADE_JUDGE, EMBEDDING_JUDGE, LABELS, RULES_JUDGE, RULES_JUDGE_V2
+
+__all__ = ["MEASURED_ACCURACY", "TEST_SPLIT_SHA256", "JudgeAccuracy", "measured_accuracy"]
+
+#: sha256 of the canonical test split of ``judge_labelled_v2.jsonl`` (docs/judge-labelling.md).
+TEST_SPLIT_SHA256 = "7c82fb084c11fa2d103cf2497bade7466d4fda6e5360f151293f72223004aac0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeAccuracy:
+    """A judge's counts on the frozen test split: how many of ``n`` distinct texts it labelled
+    right (three labels, and refused vs not), and per label how many of ``support`` it recalled.
+    The rates and their Wilson 95% intervals are derived from the counts."""
+
+    judge: str
+    n: int
+    correct: int
+    refusal_correct: int
+    support: Mapping[str, int]
+    recalled: Mapping[str, int]
+    #: The labelled set and split the counts are on, with the split's sha256.
+    labelled_set: str = field(default=f"{LABELLED_SET_V2_FILE} test split, sha256 {TEST_SPLIT_SHA256[:16]}")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n
+
+    @property
+    def refusal_accuracy(self) -> float:
+        return self.refusal_correct / self.n
+
+    @property
+    def recall(self) -> dict[str, float]:
+        return {a: self.recalled[a] / self.support[a] for a in LABELS}
+
+    @property
+    def accuracy_interval(self) -> Interval | None:
+        return wilson_interval(self.correct, self.n)
+
+    @property
+    def refusal_accuracy_interval(self) -> Interval | None:
+        return wilson_interval(self.refusal_correct, self.n)
+
+    @property
+    def recall_interval(self) -> dict[str, Interval | None]:
+        return {a: wilson_interval(self.recalled[a], self.support[a]) for a in LABELS}
+
+    @classmethod
+    def from_scores(cls, scores: JudgeScores) -> JudgeAccuracy:
+        """The counts of ``scores`` (an ``evaluate_judge`` result on the test split)."""
+        return cls(
+            judge=scores.judge,
+            n=scores.n,
+            correct=scores.correct,
+            refusal_correct=scores.refusal_correct,
+            support=dict(scores.support),
+            recalled={a: scores.confusion[a][a] for a in LABELS},
+        )
+
+
+def _measured(
+    judge: str, n: int, correct: int, refusal_correct: int, recalled: tuple[int, int, int]
+) -> JudgeAccuracy:
+    support = dict(zip(LABELS, _TEST_SUPPORT, strict=True))
+    return JudgeAccuracy(
+        judge=judge,
+        n=n,
+        correct=correct,
+        refusal_correct=refusal_correct,
+        support=support,
+        recalled=dict(zip(LABELS, recalled, strict=True)),
+    )
+
+
+# Test split: 410 distinct texts, refused 102, complied 212, incoherent 96.
+_TEST_SUPPORT = (102, 212, 96)
+
+#: Judge name -> its accuracy on the frozen test split (recalled: refused, complied, incoherent).
+MEASURED_ACCURACY: dict[str, JudgeAccuracy] = {
+    a.judge: a
+    for a in (
+        _measured(RULES_JUDGE_V2, 410, 336, 366, (70, 195, 71)),
+        _measured(RULES_JUDGE, 410, 297, 343, (51, 191, 55)),
+        _measured(CASCADE_JUDGE, 410, 341, 370, (75, 188, 78)),
+        _measured(EMBEDDING_JUDGE, 410, 267, 323, (16, 188, 63)),
+    )
+}
+
+
+def measured_accuracy(judge: str) -> JudgeAccuracy | None:
+    """The test-split accuracy of the judge named ``judge``; None when it has no measurement."""
+    return MEASURED_ACCURACY.get(judge)
