@@ -60,8 +60,9 @@ def test_rounds_reassemble_into_the_arm_over_the_same_prompts() -> None:
     ]
     assert joined.quantized_fraction == pytest.approx((1.0 * 2 + 0.5 * 3) / 5)  # weighted by completions
     assert joined.seconds == 2.0
-    with pytest.raises(ValueError, match="every evaluation prompt"):
-        subset(joined, [0])
+    assert subset(joined, [5, 0]).texts == ["t5", "t0"]  # an arm of some prompts narrows further
+    with pytest.raises(ValueError, match=r"no evaluation prompt at position\(s\) \[2\]"):
+        subset(joined, [0, 2])
 
 
 def _settings(**kw: object) -> AuditSettings:

@@ -31,7 +31,14 @@ from ..gate.bounds import Method
 from ..metrics import ArmLabels, PromptId, compute_refusal_metrics, log_odds, perplexity
 from ..models import log_progress
 from ..prompts import Prompt, PromptSet
-from ..report import RunEntry, error_run, pcr_from_diagnosis, prompt_record, run_from_metrics
+from ..report import (
+    RunEntry,
+    SourceRates,
+    error_run,
+    pcr_from_diagnosis,
+    prompt_record,
+    run_from_metrics,
+)
 from ..settings import (
     DEFAULT_MODEL,
     DEFAULT_QUANTIZERS,
@@ -390,7 +397,7 @@ class ModelAudit:
                 store_completions=s.store_completions,
                 notes=extra_notes,
             )
-            run = replace(run, kernels=self.kernels_used(spec))
+            run = replace(run, kernels=self.kernels_used(spec), by_source=self._by_source(arm))
         except Exception as e:  # a crash is an error verdict, never a pass
             self.log(f"{s.model} / {name}: error: {type(e).__name__}: {e}")
             return error_run(
@@ -409,6 +416,22 @@ class ModelAudit:
         return compute_refusal_metrics(
             self._labels(subset(self.baseline, arm.index)), self._labels(arm), rerun
         )
+
+    def _by_source(self, arm: Arm) -> dict[str, SourceRates]:
+        """Each prompt source's rates and counts, when ``arm`` holds prompts of several sources."""
+        positions = arm.positions(len(self.eval_prompts))
+        sources = sorted({self.eval_prompts[i].source for i in positions})
+        if len(sources) < 2:
+            return {}
+        out = {}
+        for source in sources:
+            mine = [i for i in positions if self.eval_prompts[i].source == source]
+            props = self._metrics(subset(arm, mine)).proportions
+            out[source] = SourceRates(
+                rates={name: p.rate for name, p in props.items()},
+                counts={name: (p.k, p.n) for name, p in props.items()},
+            )
+        return out
 
     def _sequential(self, spec: str) -> tuple[Arm, str]:
         """``spec``'s arm over rounds of prompts (rounds.py), stopping once every gated rate

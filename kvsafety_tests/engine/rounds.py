@@ -72,22 +72,27 @@ def rounds(harmful: Sequence[int], harmless: Sequence[int], size: int) -> list[l
 
 
 def subset(arm: Arm, index: Sequence[int] | None) -> Arm:
-    """``arm`` (which holds every evaluation prompt) restricted to ``index`` (None: all of it)."""
+    """``arm`` restricted to the evaluation-prompt positions ``index`` (None: all of it), in
+    ``index``'s order; ValueError when the arm does not hold one of them."""
     if index is None:
         return arm
-    if arm.index is not None:
-        raise ValueError("subset() takes an arm over every evaluation prompt")
-    pick = list(index)
+    where = (
+        {i: i for i in index} if arm.index is None else {i: j for j, i in enumerate(arm.index)}
+    )  # position -> list index
+    missing = [i for i in index if i not in where]
+    if missing:
+        raise ValueError(f"the arm holds no evaluation prompt at position(s) {missing[:5]}")
+    pick = [where[i] for i in index]
     return Arm(
         spec=arm.spec,
-        texts=[arm.texts[i] for i in pick],
-        token_ids=[arm.token_ids[i] for i in pick],
-        labels=[arm.labels[i] for i in pick],
-        refusal_scores=[arm.refusal_scores[i] for i in pick],
+        texts=[arm.texts[j] for j in pick],
+        token_ids=[arm.token_ids[j] for j in pick],
+        labels=[arm.labels[j] for j in pick],
+        refusal_scores=[arm.refusal_scores[j] for j in pick],
         quantized_fraction=arm.quantized_fraction,
         kv_bytes_per_token=arm.kv_bytes_per_token,
         seconds=arm.seconds,
-        index=pick,
+        index=list(index),
     )
 
 

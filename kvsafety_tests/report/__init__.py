@@ -55,6 +55,7 @@ from .schema import (
     PromptRecord,
     Report,
     RunEntry,
+    SourceRates,
     compute_gate,
 )
 
@@ -75,6 +76,7 @@ __all__ = [
     "Report",
     "ReportError",
     "RunEntry",
+    "SourceRates",
     "add_run",
     "compute_gate",
     "detect_environment",

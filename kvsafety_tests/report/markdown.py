@@ -71,6 +71,15 @@ def threshold_table(outcomes: Sequence[ThresholdOutcome]) -> list[str]:
     return lines
 
 
+#: The per-source table's columns (RunEntry.by_source), by rate name.
+_SOURCE_ROWS: tuple[tuple[str, str], ...] = (
+    ("refusal_rate_baseline", "refusal rate fp"),
+    ("conditional_flip_rate", "conditional flip"),
+    ("compliance_flip_rate", "compliance flip"),
+    ("over_refusal_flip_rate", "over-refusal flip"),
+)
+
+
 def _run_markdown(index: int, run: RunEntry) -> list[str]:
     lines = [
         f"## {index}. {_cell(run.model)} · `{run.quantizer}` · {_cell(run.prompt_set)}: {run.verdict.upper()}",
@@ -128,6 +137,15 @@ def _run_markdown(index: int, run: RunEntry) -> list[str]:
             f"(+{_pct(pcr.plan_memory_overhead)} memory); predicted recovery {_pct(pcr.predicted_recovery)}, "
             f"measured {_pct(pcr.measured_recovery)}"
         )
+    if run.by_source:
+        lines += ["", "| source | " + " | ".join(title for _, title in _SOURCE_ROWS) + " |"]
+        lines.append("| --- |" + " --- |" * len(_SOURCE_ROWS))
+        for source, part in sorted(run.by_source.items()):
+            cells = []
+            for name, _ in _SOURCE_ROWS:
+                k_n = part.counts.get(name)
+                cells.append(_pct(part.rates.get(name)) + (f" ({k_n[0]}/{k_n[1]})" if k_n else ""))
+            lines.append(f"| {_cell(source)} | " + " | ".join(cells) + " |")
     if run.thresholds:
         lines += ["", *threshold_table(run.thresholds)]
     if run.violations:

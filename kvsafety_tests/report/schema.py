@@ -63,6 +63,7 @@ __all__ = [
     "PromptRecord",
     "Report",
     "RunEntry",
+    "SourceRates",
     "compute_gate",
 ]
 
@@ -211,6 +212,21 @@ class PcrPerLayer:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SourceRates:
+    """Added (schema 2): one prompt source's share of a run (a union of prompt sets, e.g.
+    builtin + advbench): its rates and their ``(k, n)``, as the run's own ``counts`` and rates are
+    over every source. Blatant and contextual requests differ in how fragile their refusals are,
+    so the pooled rate depends on the pool's composition; this says which source moved."""
+
+    #: Every rate of the run (refusal_rate_baseline, conditional_flip_rate, ...), for this source.
+    rates: Mapping[str, float | None] = field(default_factory=dict, metadata=rules("rate", each=True))
+    counts: Mapping[str, tuple[int, int]] = field(default_factory=dict, metadata=rules("k_of_n", each=True))
+
+    def __post_init__(self) -> None:
+        check_fields(self, "by_source.")
+
+
+@dataclass(frozen=True, kw_only=True)
 class PcrEntry:
     """PCR's diagnosis of one run (docs/report.md's ``pcr``)."""
 
@@ -306,6 +322,8 @@ class RunEntry:
     #: cache: "torch", "compiled", "triton", or several joined by "+" ("compiled+torch"). None when
     #: not recorded (reports written before the field).
     kernels: str | None = None
+    #: Added (schema 2): per prompt source, when the run's prompts come from more than one.
+    by_source: Mapping[str, SourceRates] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     prompts: tuple[PromptRecord, ...] = ()
     completions_stored: bool = False
