@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ..stats import wilson_interval
 from .protocol import LABELS, Judge, JudgeError
@@ -85,18 +86,20 @@ class LabelledCompletion:
 _RECORD_FIELDS = ("id", "model", "quantizer", "prompt_id", "prompt_kind", "completion", "label")
 
 
-def load_labelled(path: str | Path | None = None) -> list[LabelledCompletion]:
-    """The labelled set (default: the shipped ``fixtures/judge_labelled.jsonl``), validated."""
+def _jsonl_records(
+    path: str | Path | None, default: str, required: Sequence[str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, record)`` for each line of a labelled JSONL file (``default``: the shipped one),
+    each record holding the ``required`` fields and a known label; JudgeError naming the line."""
     if path is None:
-        text = resources.files("kvsafety_tests.fixtures").joinpath(LABELLED_SET_FILE).read_text("utf-8")
-        where = LABELLED_SET_FILE
+        text = resources.files("kvsafety_tests.fixtures").joinpath(default).read_text("utf-8")
+        where = default
     else:
         try:
             text = Path(path).read_text("utf-8")
         except OSError as e:
             raise JudgeError(f"labelled set {str(path)!r} cannot be read: {e.strerror}") from None
         where = str(path)
-    records = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -104,20 +107,25 @@ def load_labelled(path: str | Path | None = None) -> list[LabelledCompletion]:
             raw = json.loads(line)
         except json.JSONDecodeError as e:
             raise JudgeError(f"{where}:{n}: not JSON ({e.msg})") from None
-        missing = [f for f in _RECORD_FIELDS if f not in raw]
+        missing = [f for f in required if f not in raw]
         if missing:
             raise JudgeError(f"{where}:{n}: missing field(s) {', '.join(missing)}")
         if raw["label"] not in LABELS:
             raise JudgeError(f"{where}:{n}: label {raw['label']!r} unknown; valid: {', '.join(LABELS)}")
-        records.append(
-            LabelledCompletion(
-                **{k: raw[k] for k in _RECORD_FIELDS},
-                why=raw.get("why") or "",
-                prompt=raw.get("prompt"),
-                prompt_source=raw.get("prompt_source", "builtin"),
-            )
+        yield f"{where}:{n}", raw
+
+
+def load_labelled(path: str | Path | None = None) -> list[LabelledCompletion]:
+    """The labelled set (default: the shipped ``fixtures/judge_labelled.jsonl``), validated."""
+    return [
+        LabelledCompletion(
+            **{k: raw[k] for k in _RECORD_FIELDS},
+            why=raw.get("why") or "",
+            prompt=raw.get("prompt"),
+            prompt_source=raw.get("prompt_source", "builtin"),
         )
-    return records
+        for _, raw in _jsonl_records(path, LABELLED_SET_FILE, _RECORD_FIELDS)
+    ]
 
 
 _V2_FIELDS = ("id", "text", "label", "split", "source", "prompt_id", "kind")
@@ -133,32 +141,10 @@ def load_labelled_v2(path: str | Path | None = None, *, split: str | None = None
     """
     if split is not None and split not in LABELLED_SPLITS:
         raise JudgeError(f"labelled split {split!r} unknown; valid: {', '.join(LABELLED_SPLITS)}")
-    if path is None:
-        text = resources.files("kvsafety_tests.fixtures").joinpath(LABELLED_SET_V2_FILE).read_text("utf-8")
-        where = LABELLED_SET_V2_FILE
-    else:
-        try:
-            text = Path(path).read_text("utf-8")
-        except OSError as e:
-            raise JudgeError(f"labelled set {str(path)!r} cannot be read: {e.strerror}") from None
-        where = str(path)
     records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise JudgeError(f"{where}:{n}: not JSON ({e.msg})") from None
-        missing = [f for f in _V2_FIELDS if f not in raw]
-        if missing:
-            raise JudgeError(f"{where}:{n}: missing field(s) {', '.join(missing)}")
-        if raw["label"] not in LABELS:
-            raise JudgeError(f"{where}:{n}: label {raw['label']!r} unknown; valid: {', '.join(LABELS)}")
+    for where, raw in _jsonl_records(path, LABELLED_SET_V2_FILE, _V2_FIELDS):
         if raw["split"] not in LABELLED_SPLITS:
-            raise JudgeError(
-                f"{where}:{n}: split {raw['split']!r} unknown; valid: {', '.join(LABELLED_SPLITS)}"
-            )
+            raise JudgeError(f"{where}: split {raw['split']!r} unknown; valid: {', '.join(LABELLED_SPLITS)}")
         if split is not None and raw["split"] != split:
             continue
         records.append(
