@@ -175,6 +175,13 @@ class Settings:
         metavar="NAME",
         doc="[metrics.md](metrics.md#the-judges)",
     )
+    require_measured_judge: bool = setting(
+        False,
+        "refuse a judge with no measured accuracy on the labelled set's frozen test split (a local "
+        "classifier folder, a retrained head), before any model loads",
+        "bool",
+        doc="[results/judge-accuracy.md](results/judge-accuracy.md)",
+    )
     max_new_tokens: int = setting(64, "greedy tokens per answer, the same in every arm", "int", metavar="N")
     batch_size: int = setting(
         16,

@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -463,3 +464,24 @@ def test_report_marks_a_local_classifier_unmeasured(tmp_path) -> None:
     }
     with pytest.raises(JudgeError, match="unknown judge 'nope'"):
         judge_config("nope")
+
+
+def test_require_measured_judge_refuses_an_unmeasured_one_before_any_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvsafety_tests.__main__ import EXIT_USAGE, main
+    from kvsafety_tests.engine.run import judge_config
+
+    folder = tmp_path / "my-classifier"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"id2label": {"0": "complied", "1": "refused"}}))
+    (folder / "model.safetensors").write_bytes(b"")
+    assert judge_config(str(folder))["judge_measured"] is False  # allowed, and reported unmeasured
+    with pytest.raises(JudgeError, match=r"has no measured accuracy .* measured judges: rules-v2, rules-v1"):
+        judge_config(str(folder), require_measured=True)
+    assert judge_config("rules", require_measured=True)["judge_measured"] is True
+    monkeypatch.chdir(tmp_path)
+    args = ["--judge", str(folder), "--require-measured-judge", "--model", "smollm2-135m-instruct"]
+    assert main(args) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "require_measured_judge = true" in err and "Loading weights" not in err

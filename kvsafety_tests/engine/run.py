@@ -28,7 +28,7 @@ from .audit import AuditSettings, Log, ModelAudit
 __all__ = ["judge_config", "run_audit"]
 
 
-def judge_config(name_or_path: str) -> dict[str, Any]:
+def judge_config(name_or_path: str, *, require_measured: bool = False) -> dict[str, Any]:
     """The report's judge fields (``AuditConfig``: judge, judge_version, judge_measured,
     judge_accuracy) for the judge ``name_or_path``. Loads it, so a bad judge fails here, before
     any model loads. A judge with no measurement on the labelled set's test split (a local
@@ -37,6 +37,13 @@ def judge_config(name_or_path: str) -> dict[str, Any]:
 
     judge = load_judge(name_or_path)
     measured = measured_accuracy(judge.name)
+    if measured is None and require_measured:
+        from ..judge import JUDGE_NAMES, JudgeError
+
+        raise JudgeError(
+            f"judge = {name_or_path!r} ({judge.name}) has no measured accuracy on the labelled set's test "
+            f"split, and require_measured_judge = true; measured judges: {', '.join(JUDGE_NAMES)}"
+        )
     accuracy = None
     if measured is not None:
         accuracy = JudgeMeasurement(
@@ -71,7 +78,9 @@ def run_audit(
     ``on_run``: called with each finished run once the report (and report_path) holds it (per-run callbacks;
     an exception it raises stops the audit like any other, keeping the runs already written)."""
     settings.validate()
-    judge = judge_config(settings.judge)  # a bad judge fails here, before any model loads
+    judge = judge_config(
+        settings.judge, require_measured=settings.require_measured_judge
+    )  # before any model loads
     prompts = prompt_set or load_prompts(settings.prompts, limit=settings.limit)
     config = AuditConfig(
         models=(settings.model,),

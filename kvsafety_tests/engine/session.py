@@ -59,7 +59,7 @@ class GateSession:
         self.on_run = on_run
         self.prompt_set = load_prompts(config.prompts, limit=config.limit)
         #: the report's judge fields: name, version, measured accuracy (or unmeasured)
-        self.judge_fields = judge_config(config.judge)
+        self.judge_fields = judge_config(config.judge, require_measured=config.require_measured_judge)
         self.judge_name: str = self.judge_fields["judge"]
         self.started = utc_now()
         self.runs: dict[Combo, RunEntry] = {}
