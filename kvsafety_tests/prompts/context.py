@@ -5,8 +5,9 @@ Schemes that keep the R most recent tokens in full precision (KIVI, R up to 128)
 prompt entirely unquantized, and the audit would then measure nothing.
 
 ``history_messages`` is the other long form: the document as an earlier user turn that the
-assistant acknowledged, and the request alone in the last turn. The default model keeps about
-twice as many refusals in it as with the document in the same message (docs/results/kivi.md).
+assistant acknowledged, and the request alone in the last turn. The default model keeps its
+refusals there (8/16 at 40 to 400 words) where the document in the same message as the request
+leaves none (0/16 from 40 words on; docs/results/kivi.md).
 It is a list of chat messages, not one prompt text: the backends encode a prompt as one user
 message, so it is measured by benchmarks/kivi_forms.py, not yet by ``load_prompts``.
 """
@@ -42,7 +43,9 @@ LONG_CONTEXT_TEMPLATE = "{context}\n\n---\n\n{request}"
 # The earlier turn's document: the same ~400 words as ``-long`` (about 535 tokens with the chat
 # template). The default model refuses as often at 40, 120, 200 and 400 words in this form, and the
 # longest quantizes the most: KIVI flushes its window 128 tokens at a time, so the quantized share
-# at the answer is floor(L / 128) * 128 / L, 0.96 here, 0.57 at 120 words (docs/results/kivi.md).
+# at the answer is floor(L / 128) * 128 / L, 0.96 here, 0.57 at 120 words. The flips depend on the
+# length too (kivi2: 15/29 at 120 words, 15/31 at 200, 4/30 at 400, where the window keeps only
+# the last 23 tokens): audit a windowed scheme at more than one length (docs/results/kivi.md).
 HISTORY_CONTEXT_WORDS = DEFAULT_CONTEXT_WORDS
 #: The assistant's reply to the document turn (a plain acknowledgement, no content of its own).
 HISTORY_ACK = "Thank you, I have read it. What would you like to know?"
