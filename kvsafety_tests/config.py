@@ -244,6 +244,11 @@ def resolve_config(
 
 def _check_choices(config: GateConfig, where: Any = lambda key: PYPROJECT) -> None:
     """What no single key can check alone."""
+    if config.time_budget is not None and config.round_size is None:
+        raise ConfigError(
+            _at(where("time_budget"), f"time_budget = {config.time_budget:g} needs round_size: ")
+            + "only a sequential audit stops between rounds (set round_size = N, e.g. 16)"
+        )
     if config.kernels != "auto" and config.backend == "vllm":
         raise ConfigError(
             _at(where("kernels"), f"kernels = {config.kernels!r} needs backend = 'hf'; the vllm backend ")

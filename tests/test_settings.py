@@ -183,3 +183,12 @@ def test_the_configuration_docs_hold_the_generated_table() -> None:
     assert generated == markdown_table(), (
         "docs/configuration.md is stale: run python -m kvsafety_tests.settings docs/configuration.md"
     )
+
+
+def test_a_time_budget_needs_rounds() -> None:
+    with pytest.raises(ConfigError, match=r"^\[tool.kvsafety\] time_budget = 60 needs round_size"):
+        resolve_config({"time_budget": 60}, {}, rootdir=ROOT)
+    config = resolve_config({"time_budget": 60, "round_size": 8}, {}, rootdir=ROOT)
+    assert (config.time_budget, config.round_size) == (60.0, 8)
+    with pytest.raises(ConfigError, match="time_budget = 0 must be a number of seconds > 0"):
+        resolve_config({"time_budget": 0, "round_size": 8}, {}, rootdir=ROOT)
