@@ -52,6 +52,7 @@ __all__ = [
     "DTYPES",
     "ConfigError",
     "GateConfig",
+    "canonical_quantizers",
     "expand_sweep",
     "find_pyproject",
     "load_pyproject_table",
@@ -127,7 +128,9 @@ def find_pyproject(start: Path) -> Path | None:
     return None
 
 
-def _canonical_quantizers(values: Sequence[str], where: str) -> tuple[str, ...]:
+def canonical_quantizers(values: Sequence[str], where: str) -> tuple[str, ...]:
+    """The quantizer specs, sweeps expanded, in canonical form; ConfigError (prefixed by ``where``)
+    for a bad spec, one that quantizes nothing, or one listed twice."""
     out: list[str] = []
     for raw in values:
         for text in expand_sweep(raw):
@@ -211,7 +214,7 @@ def resolve_config(
         dup = next(m for m in models if models.count(m) > 1)
         raise ConfigError(_at(where_models, f"models: {dup!r} is listed twice"))
     where_q = flags["quantizers"] if "quantizers" in cli else PYPROJECT
-    quantizers = _canonical_quantizers(values.pop("quantizers", tuple(default_quantizers)), where_q)
+    quantizers = canonical_quantizers(values.pop("quantizers", tuple(default_quantizers)), where_q)
     per_model: dict[str, Thresholds] = {}
     raw_per_model = table.get("per_model", {})
     if not isinstance(raw_per_model, dict):

@@ -10,14 +10,21 @@ import pytest
 
 from kvsafety_tests.config import ConfigError, resolve_config
 from kvsafety_tests.engine import AuditSettings, run_audit
-from kvsafety_tests.kernels import AUTO_CPU, implementation, resolve_kernels
+from kvsafety_tests.kernels import AUTO_CPU, BACKENDS, implementation, resolve_kernels
 from kvsafety_tests.report import run_to_dict
+from kvsafety_tests.settings import KERNELS
 from kvsafety_tests.spec import parse_spec
 
 from .models_fixture import SMOL
 
 #: What may differ between two implementations' reports: which ran, how long it took, and when.
 _RUN_ONLY = {"kernels", "seconds"}
+
+
+def test_the_setting_offers_every_implementation_and_auto() -> None:
+    """settings.KERNELS is spelt out (the settings table must not import torch): it must name
+    exactly the kernels package's implementations, plus auto."""
+    assert KERNELS == ("auto", *BACKENDS)
 
 
 def test_auto_is_triton_on_cuda_and_the_measured_choice_elsewhere() -> None:

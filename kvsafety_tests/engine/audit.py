@@ -113,21 +113,8 @@ class AuditSettings(Settings):
     def validate(self) -> None:
         """Raise ValueError (one line) for anything wrong that can be seen without the model: each
         value against the settings table, then what keys decide together."""
-        from ..config import ConfigError, _check_choices
+        from ..config import ConfigError, _check_choices, canonical_quantizers
 
-        if not self.quantizers:
-            raise ConfigError("no quantizers to audit; pass at least one spec (e.g. int4)")
-        specs = self.specs()
-        for spec in specs:
-            if not spec.is_quantized:
-                raise ConfigError(
-                    f"quantizers = {str(spec)!r} quantizes nothing; the fp baseline is always measured, "
-                    "list quantizers only (e.g. int4, fp8_e5m2)"
-                )
-        canon = [str(s) for s in specs]
-        if len(set(canon)) != len(canon):
-            dup = next(c for c in canon if canon.count(c) > 1)
-            raise ConfigError(f"quantizers: {dup!r} is listed twice")
         for key in SETTINGS:
             if key.name in ("models", "report"):
                 continue
@@ -135,6 +122,8 @@ class AuditSettings(Settings):
                 coerce(key.name, getattr(self, key.name))
             except SettingError as e:
                 raise ConfigError(str(e)) from None
+        canonical_quantizers(self.quantizers, "AuditSettings")
+        self.specs()  # a sweep ({a,b}) is for the configuration, not a spec the engine can run
         _check_choices(GateConfig(**self.shared(), models=(self.model,)))
 
 

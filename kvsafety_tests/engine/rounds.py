@@ -14,9 +14,10 @@ stops when none is inconclusive, when the pool is exhausted, or when its time bu
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from ..prompts.subset import id_rank
 
 __all__ = ["RATE_METRICS", "Arm", "concat", "prompt_order", "rounds", "subset"]
 
@@ -52,14 +53,10 @@ class Arm:
         return list(range(total)) if self.index is None else list(self.index)
 
 
-def _rank(prompt_id: str) -> str:
-    return hashlib.sha256(prompt_id.encode("utf-8")).hexdigest()
-
-
 def prompt_order(ids: Sequence[str], n_harmful: int) -> tuple[list[int], list[int]]:
     """(harmful positions, harmless positions), each in the order of sha256(id)."""
-    harmful = sorted(range(n_harmful), key=lambda i: _rank(ids[i]))
-    harmless = sorted(range(n_harmful, len(ids)), key=lambda i: _rank(ids[i]))
+    harmful = sorted(range(n_harmful), key=lambda i: id_rank(ids[i]))
+    harmless = sorted(range(n_harmful, len(ids)), key=lambda i: id_rank(ids[i]))
     return harmful, harmless
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from .model import Prompt, PromptError
 
-__all__ = ["stratified_subset"]
+__all__ = ["id_rank", "stratified_subset"]
 
 
 def _check_limit(limit: object) -> None:
@@ -15,7 +15,9 @@ def _check_limit(limit: object) -> None:
         raise PromptError(f"limit={limit!r} invalid; valid: a positive integer, or None for every prompt")
 
 
-def _rank(prompt_id: str) -> str:
+def id_rank(prompt_id: str) -> str:
+    """A prompt's place in the project's fixed pseudo-random order: the sha256 of its id (the same
+    on every run and machine, unrelated to the prompt's text or file position)."""
     return hashlib.sha256(prompt_id.encode("utf-8")).hexdigest()
 
 
@@ -40,6 +42,6 @@ def stratified_subset(
     for c in sorted(groups, key=lambda c: (-remainder[c], -len(groups[c]), c))[: limit - sum(quota.values())]:
         quota[c] += 1
     chosen = {
-        i for c, idx in groups.items() for i in sorted(idx, key=lambda i: _rank(prompts[i].id))[: quota[c]]
+        i for c, idx in groups.items() for i in sorted(idx, key=lambda i: id_rank(prompts[i].id))[: quota[c]]
     }
     return tuple(p for i, p in enumerate(prompts) if i in chosen)

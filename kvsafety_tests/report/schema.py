@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from ..gate import DEFAULT_CONFIDENCE, INCONCLUSIVE_POLICIES, ThresholdOutcome
+from ..settings import BACKENDS
 from .codec import ReportError, check_choice, check_fields, rules
 
 __all__ = [
@@ -72,7 +73,6 @@ SCHEMA = "kvsafety-report/2"
 SCHEMAS: tuple[str, ...] = ("kvsafety-report/1", SCHEMA)
 STATUSES: tuple[str, ...] = ("complete", "incomplete", "partial")
 VERDICTS: tuple[str, ...] = ("pass", "fail", "inconclusive", "error")
-BACKENDS: tuple[str, ...] = ("hf", "vllm")
 PCR_MODES: tuple[str, ...] = ("outlier-crushes-safety", "outlier-as-safety", "multi-layer-dilution")
 PROMPT_KINDS: tuple[str, ...] = ("harmful", "harmless")
 _LABELS: tuple[str, ...] = ("refused", "complied", "incoherent")
