@@ -1,7 +1,7 @@
 """Peak resident memory of a command and every process it starts (Linux, reads /proc).
 
     python benchmarks/peak_rss.py -- tox -e vllm
-    python benchmarks/peak_rss.py --interval 0.25 --json peak.json -- pytest tests/test_vllm_backend.py
+    python benchmarks/peak_rss.py --interval 0.25 --json peak.json -- pytest tests/e2e/test_vllm_backend.py
 
 Every ``--interval`` seconds (0.5 by default) it sums VmRSS over the command's process and all its
 descendants (tox, the pytest it starts, pytest-xdist workers, an engine process) and keeps the

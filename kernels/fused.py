@@ -5,7 +5,7 @@ width, symmetric and asymmetric, on float CPU tensors (``fused_supports`` says w
 Results are ``torch.equal`` to the torch reference (int_ref.py, packing.py) on the packed codes,
 the bf16 scale and zero, and the dequantized tensor: the compiled graphs do the reference's float32
 operations in the same order (true division, no reciprocal; FMA contraction and unsafe math forced
-off), so they round identically. tests/test_fused.py checks this.
+off), so they round identically. tests/kernels/test_fused.py checks this.
 
 Each quantize call runs one compiled C++ kernel (OpenMP, vectorized) with three parallel loops:
 per-group min/max, per-group bf16 scale and zero, then codes computed and packed straight into
@@ -189,7 +189,7 @@ def _make_quantize(bits: int, word: bool, static: tuple[int, int] | None) -> Cal
     normal, so fl(r / s) <= qmax (1 + 2^-23) < qmax + 1/2; when it is subnormal, s is at least the
     smallest bf16 subnormal 2^-133 and fl(r / qmax) is off by at most 2^-150, so
     r / s <= qmax (1 + 2^-17); when it is 0, s = 1 and r < 2^-142 rounds to code 0. Symmetric: the
-    same with r = amax and |x| <= amax. tests/test_fused.py checks boundary cases against the
+    same with r = amax and |x| <= amax. tests/kernels/test_fused.py checks boundary cases against the
     reference.
     """
     k = 8 // bits

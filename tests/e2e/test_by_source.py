@@ -8,7 +8,7 @@ import pytest
 from kvsafety_tests.engine import AuditSettings, run_audit
 from kvsafety_tests.report import report_from_dict, report_to_dict, to_markdown
 
-from .models_fixture import SMOL
+from ..models_fixture import SMOL
 
 
 @pytest.mark.model

@@ -7,8 +7,8 @@ non-zero exit, one line
 naming the bad value and what is valid, no traceback, and no report that vouches for anything:
 none written, ``status: incomplete``, or a run with verdict ``error`` and the gate failed.
 
-The unit-level twins live in tests/test_spec.py, test_config.py, test_models.py and
-test_prompts.py; the ``[tool.kvsafety]`` cases of tests/test_gate_plugin.py (unknown key ``limt``,
+The unit-level twins live in tests/unit/test_spec.py, test_config.py, test_models.py and
+test_prompts.py; the ``[tool.kvsafety]`` cases of tests/plugin/test_gate_plugin.py (unknown key ``limt``,
 ``limit = 0``, ``max_refusal_drop = 2``, bad backend, device, judge, prompt set, per_model) are
 not repeated here. Where weights must load, the packaged SmolLM2-135M audits one prompt of each
 kind with 4 new tokens; most cases stop before any weight loads, and the tests say so.
@@ -35,7 +35,7 @@ from kvsafety_tests import models  # noqa: E402
 from kvsafety_tests.__main__ import EXIT_ERROR, EXIT_PASSED, EXIT_USAGE, main  # noqa: E402
 from kvsafety_tests.models import registry  # noqa: E402
 
-from .models_fixture import MODEL_CACHE, SMOL, add_remote_code, smol_copy, smol_folder  # noqa: E402
+from ..models_fixture import MODEL_CACHE, SMOL, add_remote_code, smol_copy, smol_folder  # noqa: E402
 
 Report = Literal["none", "incomplete", "error"]  # what may lie on disk after the failure
 CLI_ERROR = "python -m kvsafety_tests: error: "
@@ -225,7 +225,7 @@ def test_pytest_spec_the_model_cannot_take(pytester: pytest.Pytester, spec: str,
 # --- the configuration --------------------------------------------------------------------------------
 
 # (what is added to the table, or options; the line). Unknown key, limit = 0 and a rate of 2 are in
-# tests/test_gate_plugin.py::test_a_bad_table_value_is_a_usage_error_naming_it.
+# tests/plugin/test_gate_plugin.py::test_a_bad_table_value_is_a_usage_error_naming_it.
 BAD_CONFIG: list[tuple[str, str, list[str], str]] = [
     ("wrong-type-int", 'limit = "three"', [], "[tool.kvsafety] limit = 'three' must be an integer >= 1"),
     (

@@ -11,7 +11,7 @@ from kvsafety_tests.gate import Thresholds
 from kvsafety_tests.gate.bounds import bound_for_limit
 from kvsafety_tests.prompts import load_prompts
 
-from .models_fixture import SMOL
+from ..models_fixture import SMOL
 
 
 def _arm(n: int) -> Arm:

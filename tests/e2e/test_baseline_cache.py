@@ -14,7 +14,7 @@ from kvsafety_tests.engine.baseline_cache import BaselineCache, cache_key
 from kvsafety_tests.prompts import load_prompts
 from kvsafety_tests.report import run_to_dict
 
-from .models_fixture import SMOL
+from ..models_fixture import SMOL
 
 PROMPTS = load_prompts("builtin", limit=2).prompts
 SETTINGS = {"max_new_tokens": 8, "batch_size": 16, "dtype": "bfloat16"}

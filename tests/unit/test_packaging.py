@@ -9,7 +9,7 @@ import sys
 
 import kvsafety_tests
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_kernels_and_fixtures_ship_inside_the_namespace() -> None:

@@ -15,8 +15,8 @@ from kvsafety_tests.backends.hf import HFBackend
 from kvsafety_tests.cache import QuantizedKVCache, cache_kwarg
 from kvsafety_tests.spec import parse_spec
 
-from .models_fixture import QWEN, SMOL, load
-from .planted import Plant, key_channel_absmax, plant_outlier
+from ..models_fixture import QWEN, SMOL, load
+from ..planted import Plant, key_channel_absmax, plant_outlier
 
 pytestmark = pytest.mark.model
 

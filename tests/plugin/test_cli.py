@@ -14,7 +14,7 @@ import pytest
 from kvsafety_tests.__main__ import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, main
 from kvsafety_tests.report import load_report
 
-from .models_fixture import QWEN, SMOL, load
+from ..models_fixture import QWEN, SMOL, load
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -25,9 +25,9 @@ torch = pytest.importorskip("torch")
 
 from kvsafety_tests.report import load_report, write_report  # noqa: E402
 
-from .models_fixture import MODEL_CACHE  # noqa: E402
+from ..models_fixture import MODEL_CACHE  # noqa: E402
 
-EXAMPLE_REPO = Path(__file__).resolve().parents[1] / "examples" / "model-repo"
+EXAMPLE_REPO = Path(__file__).resolve().parents[2] / "examples" / "model-repo"
 SMALL = """
 [tool.pytest.ini_options]
 testpaths = ["tests"]

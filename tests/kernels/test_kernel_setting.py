@@ -15,7 +15,7 @@ from kvsafety_tests.report import run_to_dict
 from kvsafety_tests.settings import KERNELS
 from kvsafety_tests.spec import parse_spec
 
-from .models_fixture import SMOL
+from ..models_fixture import SMOL
 
 #: What may differ between two implementations' reports: which ran, how long it took, and when.
 _RUN_ONLY = {"kernels", "seconds"}

@@ -28,7 +28,7 @@ yaml = pytest.importorskip(
     "yaml", reason="PyYAML is not installed (pip install --no-deps -r requirements/offline.txt)"
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ACTION = ROOT / "action.yml"
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
 BASH = shutil.which("bash")
@@ -586,7 +586,7 @@ jobs:
     runs-on: ubuntu-latest
     steps:
       - uses: actions/checkout@v4
-      - run: pytest tests/test_workflows.py -q && tox -e lint
+      - run: pytest tests/plugin/test_workflows.py -q && tox -e lint
 """
 
 
@@ -635,11 +635,11 @@ def test_check_action_reports(old: str, new: str, expected: str) -> None:
         ("    runs-on: ubuntu-latest\n", "", "no runs-on"),
         ("    runs-on: ubuntu-latest\n", "    runs-on: ubuntu-latest\n    needs: build\n", "needs 'build'"),
         (
-            "    steps:\n      - uses: actions/checkout@v4\n      - run: pytest tests/test_workflows.py -q && tox -e lint\n",
+            "    steps:\n      - uses: actions/checkout@v4\n      - run: pytest tests/plugin/test_workflows.py -q && tox -e lint\n",
             "",
             "no steps",
         ),
-        ("tests/test_workflows.py", "tests/test_missing.py", "pytest path 'tests/test_missing.py'"),
+        ("tests/plugin/test_workflows.py", "tests/test_missing.py", "pytest path 'tests/test_missing.py'"),
         ("tox -e lint", "tox -e lint,nope", "tox env 'nope'"),
         ("tox -e lint", "bash scripts/missing.sh", "script 'scripts/missing.sh'"),
         ("tox -e lint", "pip install --no-deps -r requirements/missing.txt", "requirements/missing.txt"),

@@ -24,7 +24,7 @@ from kvsafety_tests.settings import (
     overrides_from,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
 BEGIN, END = "<!-- BEGIN GENERATED: settings table -->", "<!-- END GENERATED: settings table -->"
 

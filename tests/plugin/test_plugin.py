@@ -46,7 +46,7 @@ def test_gpu_tests_skip_with_a_reason_naming_what_is_missing(pytester: pytest.Py
     """The repository's conftest.py (not the plugin) skips its own gpu-marked tests without CUDA."""
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the skip path is not taken")
-    pytester.makeconftest((Path(__file__).parents[1] / "conftest.py").read_text())
+    pytester.makeconftest((Path(__file__).parents[2] / "conftest.py").read_text())
     pytester.makepyfile(
         """
         import pytest
