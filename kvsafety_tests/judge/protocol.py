@@ -6,11 +6,14 @@ Every judge module imports this one and nothing of the others', so the judges st
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from ..errors import KvSafetyError
+from ..models import PICKLE_SUFFIXES
 
 __all__ = [
     "CASCADE_JUDGE",
@@ -23,6 +26,7 @@ __all__ = [
     "Judge",
     "JudgeError",
     "check_pairs",
+    "model_folder",
     "normalise",
 ]
 
@@ -63,6 +67,30 @@ def check_pairs(prompts: Sequence[str], completions: Sequence[str]) -> None:
         raise JudgeError(
             f"label_many: {len(prompts)} prompts for {len(completions)} completions; pass one each"
         )
+
+
+def model_folder(path: str | Path, what: str, *, allow_pickle: bool = False) -> tuple[Path, dict[str, Any]]:
+    """A model judge's local folder and its ``config.json``, checked before anything loads: the
+    folder exists, has a config and safetensors weights (pickled weights only with
+    ``allow_pickle``: loading them can run code). ``what`` names the judge kind in the errors."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise JudgeError(
+            f"judge {str(path)!r} is neither a judge name ({', '.join(JUDGE_NAMES)}) nor a local model folder"
+        )
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    if "config.json" not in files:
+        raise JudgeError(f"{what} folder {str(path)!r} has no config.json")
+    if not any(f.endswith(".safetensors") for f in files):
+        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+        if not pickles:
+            raise JudgeError(f"{what} folder {str(path)!r} has no weights (*.safetensors)")
+        if not allow_pickle:
+            raise JudgeError(
+                f"{what} folder {str(path)!r} holds only pickled weights ({', '.join(pickles)}), which can "
+                "run code when loaded; convert them to safetensors, or pass allow_pickle if you trust the files"
+            )
+    return folder, json.loads((folder / "config.json").read_text("utf-8"))
 
 
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u02bc": "'"})

@@ -8,6 +8,8 @@ The parts, in the order data flows through them::
                within a memory budget) and its predicted recovery
     plan       the plan applied and measured: baseline_specs (the plan against uniform, random,
                first-last and attention allocations at equal memory), measure_recovery
+    deploy     the plan as vLLM engine settings (kv_cache_dtype, kv_cache_dtype_skip_layers), or
+               the one-line reason vLLM cannot run it: vllm_settings, vllm_deployment
     subspace   the safety subspace and the quantization-noise ratio (capture, noise_ratio)
 
 A ``Diagnosis`` is a plain value; the audit engine turns it into the report's ``pcr`` entry
@@ -17,6 +19,7 @@ imported from its module (``kvsafety_tests.pcr.subspace``), so diagnosing import
 the memory probe (and the backend it runs on).
 """
 
+from .deploy import VllmDeployment, vllm_deployment, vllm_settings
 from .diagnosis import (
     DEFAULT_BUDGET,
     DILUTION_BELOW,
@@ -56,6 +59,7 @@ __all__ = [
     "Diagnosis",
     "Intervention",
     "Recovery",
+    "VllmDeployment",
     "attention_concentration",
     "baseline_specs",
     "choose_mode",
@@ -66,5 +70,7 @@ __all__ = [
     "override_extra_bytes",
     "spec_bytes_per_token",
     "top_layers",
+    "vllm_deployment",
+    "vllm_settings",
     "with_outliers",
 ]

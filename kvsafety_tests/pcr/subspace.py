@@ -9,7 +9,15 @@ inside ``S`` and against the whole representation's spread::
     NR_l = [ E||P_S delta||^2 / ||P_S (mu_H - mu_B)||^2 ] / [ E||delta||^2 / E||h_fp - mu||^2 ]
 
 NR >> 1: the quantizer's noise eats the safety signal far faster than it disturbs what
-perplexity averages over. Expectations run over all prompts (H and B); ``mu`` is their mean.
+perplexity averages over. The noise concentration compares noise energy per dimension inside
+``S`` (k dimensions) with noise energy per dimension in the whole d-dimensional stream::
+
+    NC_l = [ E||P_S delta||^2 / k ] / [ E||delta||^2 / d ]
+
+1 for isotropic noise, d/k for noise confined to ``S``, 0 for noise orthogonal to it. NR is NC
+rescaled by the safety signal's share of the spread: ``NR = NC * (k/d) * spread / signal``.
+Expectations run over all prompts (H and B); ``mu`` is their mean. A layer with no noise has NR
+and NC 0 (nothing was disturbed).
 The estimator is pure tensor arithmetic (``noise_ratio``); ``capture`` gets the activations
 from a real model through the hf backend, keeping only the last prompt token.
 """
@@ -57,10 +65,12 @@ def safety_subspace(h_harmful: torch.Tensor, h_harmless: torch.Tensor, k: int = 
 
 @dataclass(frozen=True)
 class NoiseRatio:
-    """The noise ratio per layer and its parts."""
+    """The noise ratio and the noise concentration per layer, and the ratio's parts."""
 
     layers: tuple[int, ...]
     per_layer: tuple[float, ...]
+    #: NC per layer: noise energy per dimension inside S over that in the whole stream.
+    concentration: tuple[float, ...]
     #: E||P_S delta||^2 / ||P_S(mu_H - mu_B)||^2 per layer: noise against the safety signal.
     subspace_part: tuple[float, ...]
     #: E||delta||^2 / E||h_fp - mu||^2 per layer: noise against the whole spread.
@@ -74,6 +84,14 @@ class NoiseRatio:
     def argmax_layer(self) -> int:
         return self.layers[max(range(len(self.per_layer)), key=self.per_layer.__getitem__)]
 
+    @property
+    def max_concentration(self) -> float:
+        return max(self.concentration)
+
+    @property
+    def argmax_concentration_layer(self) -> int:
+        return self.layers[max(range(len(self.concentration)), key=self.concentration.__getitem__)]
+
 
 def noise_ratio(
     fp: torch.Tensor,
@@ -83,11 +101,11 @@ def noise_ratio(
     k: int = 1,
     layers: Sequence[int] | None = None,
 ) -> NoiseRatio:
-    """NR per layer from last-token activations.
+    """NR and NC per layer from last-token activations.
 
     fp, quantized: [N, n_layers, hidden] (the same prompts, fp cache and quantized cache);
     harmful: [N] bool, True for H prompts. ``layers`` names the n_layers columns (default 0..).
-    A layer whose quantizer noise is exactly zero has NR 0 (nothing was disturbed).
+    A layer whose quantizer noise is exactly zero has NR and NC 0 (nothing was disturbed).
     """
     if fp.shape != quantized.shape or fp.dim() != 3:
         raise ValueError(
@@ -99,7 +117,8 @@ def noise_ratio(
     if len(names) != fp.shape[1]:
         raise ValueError(f"{len(names)} layer names for {fp.shape[1]} captured layers")
     fp, quantized = fp.double(), quantized.double()
-    per, sub, whole = [], [], []
+    per, conc, sub, whole = [], [], [], []
+    width = fp.shape[2]  # d
     for j in range(fp.shape[1]):
         h = fp[:, j]  # [N, hidden]
         h_h, h_b = h[harmful], h[~harmful]
@@ -114,7 +133,15 @@ def noise_ratio(
         sub.append(s_part)
         whole.append(w_part)
         per.append(0.0 if w_part == 0.0 else s_part / w_part)
-    return NoiseRatio(layers=names, per_layer=tuple(per), subspace_part=tuple(sub), whole_part=tuple(whole))
+        # (E||P_S delta||^2 / k) / (E||delta||^2 / d); basis.shape[0] is k
+        conc.append(0.0 if noise == 0.0 else float((noise_in_s / basis.shape[0]) / (noise / width)))
+    return NoiseRatio(
+        layers=names,
+        per_layer=tuple(per),
+        concentration=tuple(conc),
+        subspace_part=tuple(sub),
+        whole_part=tuple(whole),
+    )
 
 
 #: Resamples of the noise ratio's stratified bootstrap (fixed seed: reproducible bounds).

@@ -32,11 +32,15 @@ The parts, each imported here so ``from kvsafety_tests.prompts import X`` finds 
 - ``benchmarks``: the loaders of the packaged benchmarks (``BENCHMARKS``).
 - ``builtin``: the builtin set, read from the package data (``kvsafety_tests.fixtures``).
 - ``context``: ``long_context``, ``long_context_variant``, ``with_long_context``.
-- ``subset``: ``stratified_subset``, the deterministic ``limit``.
+- ``subset``: ``stratified_subset``, the deterministic ``limit``; ``stratified_order``, the order of
+  a sequential audit's rounds (every prefix proportional by source, then category).
 - ``load``: ``load_prompts`` (one set or the union of several) and ``SET_NAMES``.
+- ``calibration``: ``calibration_pool``, the harmful calibration pool PCR picks its refused
+  prompts from (the set's own, then ``builtin_calibration_pool``).
 """
 
 from .benchmarks import BENCHMARKS
+from .calibration import builtin_calibration_pool, calibration_pool
 from .context import (
     DEFAULT_CONTEXT_WORDS,
     LONG_CONTEXT_TEMPLATE,
@@ -48,7 +52,7 @@ from .context import (
 from .files import FILE_FORMATS, FileFormat, read_prompt_file
 from .load import SET_NAMES, load_prompts
 from .model import KINDS, UNCATEGORIZED, Prompt, PromptError, PromptSet
-from .subset import stratified_subset
+from .subset import stratified_order, stratified_subset
 
 __all__ = [
     "BENCHMARKS",
@@ -63,10 +67,13 @@ __all__ = [
     "Prompt",
     "PromptError",
     "PromptSet",
+    "builtin_calibration_pool",
+    "calibration_pool",
     "load_prompts",
     "long_context",
     "long_context_variant",
     "read_prompt_file",
+    "stratified_order",
     "stratified_subset",
     "with_long_context",
 ]

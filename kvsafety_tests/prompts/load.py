@@ -26,6 +26,7 @@ def load_prompts(
     name: str | Sequence[str],
     *,
     limit: int | None = None,
+    seed: int | None = None,
     context_words: int | None = None,
     column: str | None = None,
     category_column: str | None = None,
@@ -37,7 +38,8 @@ def load_prompts(
 
     ``limit``: at most this many harmful and at most this many harmless prompts, a deterministic
     stratified subset (``stratified_subset``: by category; for a union by source and category, so
-    each set keeps its share); calibration prompts are never cut, PCR needs all 20.
+    each set keeps its share); calibration prompts are never cut, PCR needs all 20. ``seed``: the
+    pseudo-random order the subset draws from (``id_rank``; None is the project's fixed order).
     ``context_words``: make every prompt its long variant (``NAME-long`` does this with
     ``DEFAULT_CONTEXT_WORDS``; in a union, one long set makes every prompt long). ``column``,
     ``category_column``, ``kind``, ``label_column``: only for file sets, they override the
@@ -72,10 +74,14 @@ def load_prompts(
                 [p for p in prompts if p.kind == k],
                 limit,
                 group=(lambda p: p.category) if len(parts) == 1 else (lambda p: f"{p.source}/{p.category}"),
+                seed=seed,
             )
         }
         prompts = [p for p in prompts if p.kind == "calibration" or p.id in kept]
-        notes.append(f"limit {limit}: a subset of the harmful and of the harmless prompts stratified by {by}")
+        drawn = "" if not seed else f", drawn with prompt_seed {seed}"
+        notes.append(
+            f"limit {limit}: a subset of the harmful and of the harmless prompts stratified by {by}{drawn}"
+        )
     prompt_set = PromptSet("+".join(base for base, _, _ in parts), tuple(prompts), tuple(notes))
     if context_words is None and any(long for _, _, long in parts):
         context_words = DEFAULT_CONTEXT_WORDS

@@ -157,6 +157,8 @@ def run_from_metrics(
     perplexity_corpus: str | None = None,
     noise_ratio: float | None = None,
     noise_ratio_per_layer: Sequence[float] | None = None,
+    noise_concentration: float | None = None,
+    noise_concentration_per_layer: Sequence[float] | None = None,
     kv_bytes_per_token: float | None = None,
     kv_bytes_ratio: float | None = None,
     pcr: PcrEntry | None = None,
@@ -224,6 +226,10 @@ def run_from_metrics(
         noise_floor_intervals={name: _interval(metrics.noise_floor_interval(name)) for name in FLIP_RATES},
         within_noise=dict(metrics.within_noise),
         perplexity_corpus=perplexity_corpus,
+        noise_concentration=noise_concentration,
+        noise_concentration_per_layer=(
+            None if noise_concentration_per_layer is None else tuple(noise_concentration_per_layer)
+        ),
         thresholds=tuple(thresholds),
         notes=(*metrics.notes, *notes),
         prompts=records,
@@ -236,6 +242,9 @@ def pcr_from_diagnosis(diagnosis: Diagnosis, measured_recovery: float | None = N
     there was no damage to diagnose: ``diagnosis.mode`` is None)."""
     if diagnosis.mode is None:
         return None
+    from ..pcr.deploy import vllm_deployment
+
+    deployment = vllm_deployment(diagnosis.plan)
     return PcrEntry(
         mode=diagnosis.mode,
         damage=diagnosis.damage,
@@ -246,6 +255,8 @@ def pcr_from_diagnosis(diagnosis: Diagnosis, measured_recovery: float | None = N
             r_out=tuple(diagnosis.r_out),
         ),
         plan=diagnosis.plan,
+        vllm_settings=deployment.settings,
+        vllm_unsupported=deployment.reason,
         plan_memory_overhead=diagnosis.plan_memory_overhead,
         predicted_recovery=diagnosis.predicted_recovery,
         measured_recovery=measured_recovery,

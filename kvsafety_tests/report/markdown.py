@@ -129,7 +129,9 @@ def _run_markdown(index: int, run: RunEntry) -> list[str]:
         per_token = "" if run.kv_bytes_per_token is None else f" ({run.kv_bytes_per_token:g} bytes/token)"
         lines.append(f"- KV bytes ratio: {run.kv_bytes_ratio:.4f}{per_token}")
     if run.noise_ratio is not None:
-        lines.append(f"- safety-subspace noise ratio (max over layers): {run.noise_ratio:.4g}")
+        nc = run.noise_concentration
+        conc = "" if nc is None else f"; noise concentration {nc:.4g}"
+        lines.append(f"- safety-subspace noise ratio (max over layers): {run.noise_ratio:.4g}{conc}")
     if run.pcr is not None:
         pcr = run.pcr
         lines.append(
@@ -137,6 +139,11 @@ def _run_markdown(index: int, run: RunEntry) -> list[str]:
             f"(+{_pct(pcr.plan_memory_overhead)} memory); predicted recovery {_pct(pcr.predicted_recovery)}, "
             f"measured {_pct(pcr.measured_recovery)}"
         )
+        if pcr.vllm_settings is not None or pcr.vllm_unsupported is not None:
+            from ..pcr.deploy import VllmDeployment
+
+            deployment = VllmDeployment(pcr.plan, dict(pcr.vllm_settings or {}) or None, pcr.vllm_unsupported)
+            lines.append(f"- PCR plan on {deployment.line()}")
     if run.by_source:
         lines += ["", "| source | " + " | ".join(title for _, title in _SOURCE_ROWS) + " |"]
         lines.append("| --- |" + " --- |" * len(_SOURCE_ROWS))

@@ -236,6 +236,11 @@ class PcrEntry:
     per_layer: PcrPerLayer
     #: Canonical QuantSpec with per-layer overrides.
     plan: str
+    #: Added: the plan as vLLM engine settings, ``{"kv_cache_dtype": "fp8_e5m2",
+    #: "kv_cache_dtype_skip_layers": ["3"]}`` (``pcr.deploy``); null when vLLM cannot run it.
+    vllm_settings: Mapping[str, Any] | None = None
+    #: Added: why vLLM cannot run the plan (one line); null when it can.
+    vllm_unsupported: str | None = None
     #: Extra memory of the plan, as a fraction of the quantized cache.
     plan_memory_overhead: float = field(metadata=rules("non_negative"))
     #: Recovery can overshoot (> 1) or be negative: only finiteness is required.
@@ -324,6 +329,13 @@ class RunEntry:
     kernels: str | None = None
     #: Added (schema 2): per prompt source, when the run's prompts come from more than one.
     by_source: Mapping[str, SourceRates] = field(default_factory=dict)
+    #: Added (schema 2): the safety-subspace noise concentration (docs/metrics.md): noise energy per
+    #: dimension inside the safety subspace over that in the whole stream; the maximum over layers
+    #: and the per-layer list (the layers of ``noise_ratio_per_layer``). None unless measured.
+    noise_concentration: float | None = field(default=None, metadata=rules("non_negative"))
+    noise_concentration_per_layer: tuple[float, ...] | None = field(
+        default=None, metadata=rules("non_negative", each=True)
+    )
     notes: tuple[str, ...] = ()
     prompts: tuple[PromptRecord, ...] = ()
     completions_stored: bool = False

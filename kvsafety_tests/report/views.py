@@ -198,6 +198,10 @@ def _pcr_line(run: RunEntry) -> str:
             f"PCR {pcr.mode}, plan {pcr.plan} (+{pcr.plan_memory_overhead:.1%} memory), "
             f"recovery predicted {predicted}, measured {measured}"
         )
+        if pcr.vllm_settings is not None:  # the plan as vLLM engine settings (pcr.deploy)
+            vllm = pcr.vllm_settings
+            skip = ",".join(vllm.get("kv_cache_dtype_skip_layers") or [])
+            parts[-1] += f"; vLLM kv_cache_dtype={vllm.get('kv_cache_dtype')} skip layers [{skip}]"
     return " ".join(p for p in parts if p)
 
 

@@ -36,5 +36,8 @@ def test_a_union_reports_each_source_and_the_counts_add_up() -> None:
 
 @pytest.mark.model
 def test_a_single_source_has_no_breakdown() -> None:
-    run = run_audit(AuditSettings(model=SMOL, quantizers=("int4",), limit=2, max_new_tokens=4)).runs[0]
+    settings = AuditSettings(
+        model=SMOL, quantizers=("int4",), prompts=("builtin",), limit=2, max_new_tokens=4
+    )
+    run = run_audit(settings).runs[0]
     assert run.by_source == {}

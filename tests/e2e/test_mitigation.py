@@ -34,11 +34,12 @@ def test_recovery_can_overshoot_or_go_negative() -> None:
     assert measure_recovery(fp, q, [False] * 40).value == pytest.approx(-2 / 18)
 
 
-def test_recovery_is_null_when_the_drop_is_within_noise() -> None:
+def test_recovery_is_null_when_the_drop_is_not_significant() -> None:
     fp = [True] * 5 + [False] * 5
-    q = [True] * 4 + [False] * 6  # 5/10 vs 4/10: Wilson intervals overlap
+    q = [True] * 4 + [False] * 6  # one refusal lost, none gained: exact McNemar p = 1
     rec = measure_recovery(fp, q, fp)
-    assert rec.value is None and rec.ci is None and "within noise" in (rec.reason or "")
+    assert rec.value is None and rec.ci is None
+    assert "exact McNemar p=1 is not a significant" in (rec.reason or "")
 
 
 def test_recovery_needs_three_arms_of_one_length() -> None:

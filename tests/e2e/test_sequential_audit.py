@@ -3,6 +3,8 @@ quantizer stopping once its rate thresholds are decided or the pool is spent."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from kvsafety_tests.engine import AuditSettings, run_audit
@@ -29,16 +31,17 @@ def _arm(n: int) -> Arm:
 
 def test_the_order_is_by_the_hash_of_the_id_not_the_position_or_the_text() -> None:
     prompts = load_prompts("builtin")
-    ids = [p.id for p in [*prompts.harmful, *prompts.harmless]]
+    evaluation = [*prompts.harmful, *prompts.harmless]
+    ids = [p.id for p in evaluation]
     h = len(prompts.harmful)
-    harmful, harmless = prompt_order(ids, h)
+    harmful, harmless = prompt_order(evaluation, h)
     assert sorted(harmful) == list(range(h)) and sorted(harmless) == list(range(h, len(ids)))
     assert harmful != sorted(harmful)  # not the file order
-    shuffled = list(reversed(ids[:h])) + ids[h:]  # the same prompts in another file order
-    assert [shuffled[i] for i in prompt_order(shuffled, h)[0]] == [ids[i] for i in harmful]
-    # a prefix is a spread sample: the first 20 harmful prompts span several categories
-    first = {prompts.harmful[i].category for i in harmful[:20]}
-    assert len(first) >= 5
+    shuffled = list(reversed(evaluation[:h])) + evaluation[h:]  # the same prompts in another file order
+    assert [shuffled[i].id for i in prompt_order(shuffled, h)[0]] == [ids[i] for i in harmful]
+    # a prefix is a stratified sample: the first 20 harmful prompts hold two of each of the ten categories
+    first = Counter(prompts.harmful[i].category for i in harmful[:20])
+    assert len(first) == 10 and set(first.values()) == {2}
 
 
 def test_rounds_take_the_next_prompts_of_each_set_until_both_are_spent() -> None:

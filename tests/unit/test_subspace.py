@@ -1,5 +1,5 @@
-"""The safety-subspace noise ratio: the estimator against answers known analytically, and the
-residual capture on a real model."""
+"""The safety-subspace noise ratio and noise concentration: the estimators against answers known
+analytically, their report fields, and the residual capture on a real model."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvsafety_tests.pcr.subspace import capture, noise_ratio, safety_subspace
+from kvsafety_tests.report import ReportError, RunEntry, run_from_dict, run_to_dict
 from tests.models_fixture import SMOL, load
 
 
@@ -81,6 +82,99 @@ def test_zero_noise_is_zero_and_layers_are_named() -> None:
     stacked = torch.stack([h, h + 0.1], dim=1)  # [N, 2, d]: layer 7 exact, layer 9 shifted
     nr = noise_ratio(stacked, torch.stack([h, h + 0.1 + 0.01 * h], dim=1), harmful, layers=[7, 9])
     assert nr.layers == (7, 9) and nr.per_layer[0] == 0.0 and nr.argmax_layer == 9 and nr.max > 0
+
+
+# -- the noise concentration NC = [E||P_S delta||^2 / k] / [E||delta||^2 / d] -----------------------
+@settings(max_examples=15, deadline=None)
+@given(
+    d=st.integers(4, 48),
+    a=st.floats(2.0, 20.0),
+    tau=st.floats(0.1, 2.0),
+    sigma=st.floats(1e-3, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_isotropic_noise_has_concentration_one_whatever_the_signal(
+    d: int, a: float, tau: float, sigma: float, seed: int
+) -> None:
+    # isotropic noise: E||P_S delta||^2 = sigma^2 k, E||delta||^2 = sigma^2 d, so NC = 1, independent
+    # of a, tau and d (a formula without the /k or /d scaling would give 1/d or d)
+    gen = torch.Generator().manual_seed(seed)
+    n = 6000
+    h, harmful, _ = _classes(n, d, a, tau, gen)
+    q = h + sigma * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    nr = noise_ratio(h[:, None, :], q[:, None, :], harmful)
+    assert nr.concentration[0] == pytest.approx(1.0, rel=0.08)  # chi-square(1) mean over 6000: ~2%
+
+
+@pytest.mark.parametrize(("d", "k"), [(16, 1), (24, 3), (10, 2)])
+def test_noise_confined_to_the_subspace_has_concentration_d_over_k(d: int, k: int) -> None:
+    # noise inside the estimated S (any mix of its k basis vectors): P_S delta = delta, NC = d / k exactly
+    gen = torch.Generator().manual_seed(d + k)
+    h, harmful, _ = _classes(300, d, 6.0, 1.0, gen)
+    basis = safety_subspace(h[harmful], h[~harmful], k).double()  # [k, d]
+    delta = torch.randn(300, k, generator=gen, dtype=torch.float64) @ basis  # [N, d], rows in S
+    nr = noise_ratio(h[:, None, :], (h + delta)[:, None, :], harmful, k=k)
+    assert nr.concentration[0] == pytest.approx(d / k, rel=1e-9)
+
+
+def test_concentration_and_ratio_differ_by_the_signal_share_of_the_spread() -> None:
+    # NR = NC * (k / d) * spread / signal, with the parts the estimator reports
+    gen = torch.Generator().manual_seed(3)
+    d = 20
+    h, harmful, u = _classes(500, d, 5.0, 0.7, gen)
+    delta = (
+        0.2 * torch.randn(500, d, generator=gen, dtype=torch.float64) + 0.5 * u
+    )  # part isotropic, part on u
+    nr = noise_ratio(h[:, None, :], (h + delta)[:, None, :], harmful)
+    basis = safety_subspace(h[harmful], h[~harmful])  # [1, d]
+    signal = float((basis @ (h[harmful].mean(0) - h[~harmful].mean(0))).square().sum())
+    spread = float((h - h.mean(0)).square().sum(-1).mean())
+    assert nr.per_layer[0] == pytest.approx(nr.concentration[0] * (1 / d) * spread / signal, rel=1e-9)
+    # the shift along u: NC = (0.04 + 0.25) / ((0.04 d + 0.25) / d) = 0.29 d / (0.04 d + 0.25), ~5.17
+    assert nr.concentration[0] == pytest.approx(0.29 * d / (0.04 * d + 0.25), rel=0.1)
+
+
+def test_a_layer_without_noise_has_concentration_zero_and_the_maximum_names_the_other() -> None:
+    gen = torch.Generator().manual_seed(4)
+    h, harmful, _ = _classes(200, 8, 4.0, 1.0, gen)
+    noisy = h + 0.3 * torch.randn(200, 8, generator=gen, dtype=torch.float64)
+    nr = noise_ratio(torch.stack([h, h], 1), torch.stack([h, noisy], 1), harmful, layers=[3, 11])
+    assert nr.concentration[0] == 0.0 and nr.per_layer[0] == 0.0
+    assert nr.argmax_concentration_layer == 11 and nr.max_concentration == nr.concentration[1] > 0.5
+
+
+def test_noise_orthogonal_to_the_subspace_has_concentration_near_zero() -> None:
+    gen = torch.Generator().manual_seed(5)
+    h, harmful, _u = _classes(2000, 16, 8.0, 1.0, gen)
+    noise = torch.randn(2000, 16, generator=gen, dtype=torch.float64)
+    noise[:, 0] = 0.0
+    assert noise_ratio(h[:, None], (h + noise)[:, None], harmful).concentration[0] < 1e-3
+
+
+def test_the_concentration_fields_round_trip_and_reject_a_negative() -> None:
+    run = RunEntry(
+        model="m",
+        quantizer="int4",
+        prompt_set="builtin",
+        verdict="fail",
+        noise_ratio=0.4,
+        noise_ratio_per_layer=(0.1, 0.4),
+        noise_concentration=3.5,
+        noise_concentration_per_layer=(3.5, 0.9),
+    )
+    doc = run_to_dict(run)
+    assert (doc["noise_concentration"], doc["noise_concentration_per_layer"]) == (3.5, [3.5, 0.9])
+    assert run_from_dict(doc) == run
+    with pytest.raises(
+        ReportError, match=r"noise_concentration_per_layer\[1\] is -1.0; expected a non-negative"
+    ):
+        RunEntry(
+            model="m",
+            quantizer="int4",
+            prompt_set="builtin",
+            verdict="fail",
+            noise_concentration_per_layer=(1.0, -1.0),
+        )
 
 
 def test_top_k_subspace_is_orthonormal_and_starts_at_the_mean_shift() -> None:
