@@ -211,7 +211,9 @@ def _print_table(r: dict, n: int) -> None:
     print("| --- | --- | --- | --- | --- |")
     randoms = [a for a in r["arms"] if a["arm"].startswith("random-")]
     for a in r["arms"]:
-        print(f"| {a['arm']} | `{a['spec']}` | {a['refusal_rate']:.1%} | {_fmt_rec(a)} | {a['memory_overhead']:+.1%} |")
+        print(
+            f"| {a['arm']} | `{a['spec']}` | {a['refusal_rate']:.1%} | {_fmt_rec(a)} | {a['memory_overhead']:+.1%} |"
+        )
     values = [a["recovery"] for a in randoms if a["recovery"] is not None]
     if values:
         rates = [a["refusal_rate"] for a in randoms]

@@ -63,8 +63,9 @@ class GateItem(pytest.Item):
 
     def runtest(self) -> None:
         run = self.gate.run(self.model, self.quantizer)
-        if self.metric == "pcr_recovery":  # PCR's predicted recovery lives in the run's pcr object
-            value = None if run.pcr is None else run.pcr.predicted_recovery
+        outcome = next((o for o in run.thresholds if o.threshold == self.threshold), None)
+        if self.metric == "pcr_recovery":  # the recovery the gate decided on (pcr_recovery_basis)
+            value = outcome.value if outcome is not None else None
         else:
             value = getattr(run, self.metric, None)
         for key, item in (
@@ -81,7 +82,6 @@ class GateItem(pytest.Item):
         )
         if ci is not None:
             self.user_properties.append(("kvsafety_ci", f"[{ci[0]:.3f}, {ci[1]:.3f}]"))
-        outcome = next((o for o in run.thresholds if o.threshold == self.threshold), None)
         if outcome is not None:
             for key, item in (
                 ("kvsafety_outcome", outcome.outcome),
