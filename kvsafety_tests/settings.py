@@ -172,9 +172,10 @@ class Settings:
     )
     round_size: int | None = setting(
         None,
-        "a sequential audit: prompts per round from the harmful and from the harmless set; after each "
-        "round every rate threshold is decided with anytime-valid bounds and the quantizer stops once "
-        "all are (none: one look at every prompt)",
+        "a sequential audit: prompts per round from the harmful and from the harmless set, after "
+        "the first round only those the open thresholds need (the fp refusals alone once only flip "
+        "rates are open); after each round every rate threshold is decided with anytime-valid bounds "
+        "and the quantizer stops once all are (none: one look at every prompt)",
         "optional_int",
         metavar="N",
         doc="[decision.md](decision.md#sequential-audits)",

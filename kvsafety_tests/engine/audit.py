@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from ..gate import (
     threshold_violation,
 )
 from ..gate.bounds import Method
-from ..metrics import ArmLabels, PromptId, compute_refusal_metrics, log_odds, perplexity
+from ..metrics import ArmLabels, PromptId, compute_refusal_metrics, log_odds, perplexity, with_drop_sample
 from ..models import log_progress
 from ..prompts import Prompt, PromptSet
 from ..prompts.calibration import calibration_pool
@@ -60,7 +60,7 @@ from .calibration import (
     select_refused,
 )
 from .evidence import gate_evidence, ratio_evidence, recovery_evidence, undiagnosed_recovery_evidence
-from .rounds import RATE_METRICS, Arm, concat, prompt_order, rounds, subset
+from .rounds import RATE_METRICS, Arm, Feed, concat, needs_of, prompt_order, subset
 
 __all__ = [
     "DEFAULT_QUANTIZERS",
@@ -336,12 +336,13 @@ class ModelAudit:
         try:
             method: Method
             cache_notes = [] if self.baseline_cache is None else [self.baseline_cache.note()]
+            drop_sample: list[int] | None = None  # the drop's harmful prompts, when not all of them
             if s.round_size is None:  # one look at every prompt
                 arm, method, extra_notes = self.generate(name), "exact", cache_notes
             else:
-                arm, stop = self._sequential(name)
+                arm, stop, drop_sample = self._sequential(name)
                 method, extra_notes = "sequence", [*cache_notes, stop]
-            metrics = self._metrics(arm)
+            metrics = self._metrics(arm, drop_sample)
             alpha = 1.0 - s.confidence
             ppl_parts = self.perplexity_parts(name) if s.perplexity else None
             ppl_q = _perplexity_of(ppl_parts)
@@ -410,7 +411,7 @@ class ModelAudit:
                 store_completions=s.store_completions,
                 notes=extra_notes,
             )
-            run = replace(run, kernels=self.kernels_used(spec), by_source=self._by_source(arm))
+            run = replace(run, kernels=self.kernels_used(spec), by_source=self._by_source(arm, drop_sample))
         except Exception as e:  # a crash is an error verdict, never a pass
             self.log(f"{s.model} / {name}: error: {type(e).__name__}: {e}")
             return error_run(
@@ -423,14 +424,31 @@ class ModelAudit:
             )
         return run
 
-    def _metrics(self, arm: Arm) -> Any:
-        """The refusal metrics of ``arm`` against the fp arm (and its rerun) on the same prompts."""
-        rerun = None if self.rerun is None else self._labels(subset(self.rerun, arm.index))
-        return compute_refusal_metrics(
-            self._labels(subset(self.baseline, arm.index)), self._labels(arm), rerun
-        )
+    def _metrics(self, arm: Arm, drop_sample: Sequence[int] | None = None) -> Any:
+        """The refusal metrics of ``arm`` against the fp arm (and its rerun) on the same prompts.
 
-    def _by_source(self, arm: Arm) -> dict[str, SourceRates]:
+        ``drop_sample``: the harmful positions the refusal drop is measured on, when a prioritized
+        audit fed more at-risk prompts than those (rounds.py's ``Feed``); the flip rates from fp
+        refusals then use every at-risk prompt of ``arm`` (``metrics.with_drop_sample``)."""
+
+        def of(part: Arm) -> Any:
+            rerun = None if self.rerun is None else self._labels(subset(self.rerun, part.index))
+            return compute_refusal_metrics(
+                self._labels(subset(self.baseline, part.index)), self._labels(part), rerun
+            )
+
+        everything = of(arm)
+        positions = arm.positions(len(self.eval_prompts))
+        harmful = [i for i in positions if i < self.n_harmful]
+        if drop_sample is None:
+            return everything
+        keep = set(drop_sample)
+        if all(i in keep for i in harmful):
+            return everything
+        in_order = of(subset(arm, [i for i in positions if i >= self.n_harmful or i in keep]))
+        return with_drop_sample(everything, in_order, generated=len(harmful))
+
+    def _by_source(self, arm: Arm, drop_sample: Sequence[int] | None = None) -> dict[str, SourceRates]:
         """Each prompt source's rates and counts, when ``arm`` holds prompts of several sources."""
         positions = arm.positions(len(self.eval_prompts))
         sources = sorted({self.eval_prompts[i].source for i in positions})
@@ -439,50 +457,63 @@ class ModelAudit:
         out = {}
         for source in sources:
             mine = [i for i in positions if self.eval_prompts[i].source == source]
-            props = self._metrics(subset(arm, mine)).proportions
+            props = self._metrics(subset(arm, mine), drop_sample).proportions
             out[source] = SourceRates(
                 rates={name: p.rate for name, p in props.items()},
                 counts={name: (p.k, p.n) for name, p in props.items()},
             )
         return out
 
-    def _sequential(self, spec: str) -> tuple[Arm, str]:
-        """``spec``'s arm over rounds of prompts (rounds.py), stopping once every gated rate
-        threshold is decided, the pool is spent, or the time budget is; and a note saying which."""
+    def _sequential(self, spec: str) -> tuple[Arm, str, list[int]]:
+        """``spec``'s arm over rounds of prompts (rounds.py), each round only the prompts its open
+        rate thresholds need, stopping once every one is decided, the pool is spent, or the time
+        budget is; a note saying which; and the refusal drop's sample (``Feed.drop_prefix``)."""
         s = self.settings
         assert s.round_size is not None
         start = time.monotonic()
-        plan = rounds(*self.order, s.round_size)
+        harmful, harmless = self.order
+        at_risk = [i for i in harmful if self.baseline.labels[i] == "refused"]
+        feed = Feed(harmful, harmless, at_risk, s.round_size)
         parts: list[Arm] = []
-        seen = ""
-        stop = (
-            f"the pool was spent: {len(plan)} round(s) of up to {s.round_size} harmful and harmless prompts"
-        )
-        for k, positions in enumerate(plan, 1):
+        needs = needs_of(("refusal_drop", "conditional_flip_rate", "over_refusal_flip_rate"))  # round 1: all
+        open_: list[str] = []
+        k = 0
+        stop = ""
+        while True:
+            positions = feed.next(needs)
+            if not positions:
+                stop = f"sequential: the pool was spent after round {k}"
+                break
+            k += 1
             part = self.generate(
                 spec, prompts=[self.eval_prompts[i] for i in positions], what=f"{spec} round {k}"
             )
             part.index = positions
             parts.append(part)
             arm = concat(parts)
-            evidence = {m: e for m, e in gate_evidence(self._metrics(arm)).items() if m in RATE_METRICS}
+            metrics = self._metrics(arm, feed.drop_prefix)
+            evidence = {m: e for m, e in gate_evidence(metrics).items() if m in RATE_METRICS}
             outcomes = decide_all(s.thresholds, evidence, confidence=s.confidence, method="sequence")
-            open_ = [o.threshold for o in outcomes if o.outcome == "inconclusive"]
-            h = sum(1 for i in arm.positions(len(self.eval_prompts)) if i < self.n_harmful)
-            seen = f"{h} harmful and {len(arm.texts) - h} harmless prompts"
+            # a rate with no prompts at risk yet (n = 0) is open, not failed: later rounds may bring some
+            undecided = [o for o in outcomes if o.outcome == "inconclusive" or o.n == 0]
+            open_ = [o.threshold for o in undecided]
+            open_metrics = [o.metric for o in undecided]
             if not open_:
-                stop = f"sequential: every rate threshold decided after round {k} of {len(plan)} ({seen})"
+                stop = f"sequential: every rate threshold decided after round {k}"
                 break
             if s.time_budget is not None and time.monotonic() - start > s.time_budget:
-                stop = (
-                    f"sequential: the time budget of {s.time_budget:g} s was spent after round {k} of "
-                    f"{len(plan)} ({seen}); still open: {', '.join(open_)}"
-                )
+                stop = f"sequential: the time budget of {s.time_budget:g} s was spent after round {k}"
                 break
-        else:
-            stop = f"sequential: {stop} ({seen}); still open: {', '.join(open_)}"
+            needs = needs_of(open_metrics)  # from round 2: only what the open thresholds need
+        arm = concat(parts)
+        h = sum(1 for i in arm.positions(len(self.eval_prompts)) if i < self.n_harmful)
+        fed = (
+            f"{h} harmful ({sum(1 for i in arm.positions(len(self.eval_prompts)) if i in feed.at_risk)} "
+            f"fp refusals) and {len(arm.texts) - h} harmless prompts"
+        )
+        stop = f"{stop} ({fed})" + (f"; still open: {', '.join(open_)}" if open_ else "")
         self.log(f"{s.model} / {spec}: {stop}")
-        return concat(parts), stop
+        return arm, stop, feed.drop_prefix
 
     def kernels_used(self, spec: QuantSpec) -> str:
         """Which implementations quantized this spec's cache: ``torch``, ``compiled``, ``triton``,

@@ -44,7 +44,8 @@ def gate_evidence(metrics: RefusalMetrics) -> dict[str, Evidence | None]:
     cf, rev = props.get("conditional_flip_rate"), props.get("reverse_flip_rate")
     drop: Evidence | None = None
     if metrics.refusal_drop is not None and cf is not None and rev is not None:
-        drop = PairedEvidence(b=cf.k, c=rev.k, n=metrics.n_harmful)
+        b, c = metrics.drop_pairs if metrics.drop_pairs is not None else (cf.k, rev.k)
+        drop = PairedEvidence(b=b, c=c, n=metrics.n_harmful)
     return {
         "refusal_drop": drop,
         "conditional_flip_rate": rate_evidence(metrics, "conditional_flip_rate"),
