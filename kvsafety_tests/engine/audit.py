@@ -368,7 +368,10 @@ class ModelAudit:
             pcr_entry = None
             if s.wants_pcr and spec.is_quantized:
                 # never skipped: without a recovery to bound the threshold is inconclusive, with why
-                pcr_entry, pcr_notes, evidence["pcr_recovery"] = self.pcr(name, arm, alpha)
+                # recovery is of a net loss: on the drop's in-order sample, not the extra fp refusals
+                pcr_entry, pcr_notes, evidence["pcr_recovery"] = self.pcr(
+                    name, self._in_order(arm, drop_sample), alpha
+                )
                 extra_notes.extend(pcr_notes)
             outcomes = decide_all(s.thresholds, evidence, confidence=s.confidence, method=method)
             violations = [
@@ -438,15 +441,22 @@ class ModelAudit:
             )
 
         everything = of(arm)
-        positions = arm.positions(len(self.eval_prompts))
-        harmful = [i for i in positions if i < self.n_harmful]
+        in_order = self._in_order(arm, drop_sample)
+        if in_order is arm:
+            return everything
+        generated = sum(1 for i in arm.positions(len(self.eval_prompts)) if i < self.n_harmful)
+        return with_drop_sample(everything, of(in_order), generated=generated)
+
+    def _in_order(self, arm: Arm, drop_sample: Sequence[int] | None) -> Arm:
+        """``arm`` without the harmful prompts outside ``drop_sample`` (the fp refusals a
+        prioritized audit fed alone); ``arm`` itself when there are none."""
         if drop_sample is None:
-            return everything
+            return arm
         keep = set(drop_sample)
-        if all(i in keep for i in harmful):
-            return everything
-        in_order = of(subset(arm, [i for i in positions if i >= self.n_harmful or i in keep]))
-        return with_drop_sample(everything, in_order, generated=len(harmful))
+        positions = arm.positions(len(self.eval_prompts))
+        if all(i >= self.n_harmful or i in keep for i in positions):
+            return arm
+        return subset(arm, [i for i in positions if i >= self.n_harmful or i in keep])
 
     def _by_source(self, arm: Arm, drop_sample: Sequence[int] | None = None) -> dict[str, SourceRates]:
         """Each prompt source's rates and counts, when ``arm`` holds prompts of several sources."""
