@@ -1,7 +1,7 @@
 """PCR's plan against the baselines at equal memory, measured on held-out evaluation prompts.
 
     python benchmarks/pcr_recovery.py [--model NAME] [--quantizer int4 ...] [--limit 48]
-        [--budget 0.07] [--seeds 5] [--json out.json]
+        [--budget 0.07] [--seeds 5] [--probe 'int5;L0=int8' ...] [--json out.json]
 
 Per quantizer: PCR's diagnosis (opening score) on the harmful calibration prompts the fp model
 refuses (``select_refused`` over the default pool's calibration pool), then greedy generation
@@ -18,6 +18,8 @@ paired difference of recoveries ``sum(plan - base) / sum(fp - q)`` with a paired
 interval over prompts (``ratio_resamples``/``ratio_bounds``: every resample kept) and the exact
 McNemar test on the plan-vs-baseline discordant prompts. Then PCR's per-layer curves (R_layer,
 R_gran, R_out as fractions of the calibration damage D), so a failure can be explained.
+``--probe SPEC`` adds hand-chosen arms (e.g. one layer at more bits) to test an explanation; they
+are reported as ``probe`` rows and never count as the best baseline.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--probe", action="append", default=[], help="an extra arm to measure (not a baseline)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     import torch
@@ -107,7 +110,7 @@ def main() -> None:
         log(f"{spec}: {d.mode}, plan {d.plan}, {d.forward_passes} passes, {d.seconds:.0f} s")
         quantized = refused(str(spec))
         base = spec_bytes_per_token(spec, *shape)
-        arms = (
+        arms = dict(
             baseline_specs(
                 spec,
                 d,
@@ -120,6 +123,9 @@ def main() -> None:
             if d.mode is not None
             else {}
         )
+        for probe in args.probe:
+            probe_spec = parse_spec(probe)
+            arms[f"probe {probe_spec}"] = probe_spec
         rows = []
         for name, arm_spec in arms.items():
             arm = refused(str(arm_spec)) if str(arm_spec) != str(spec) else quantized
@@ -173,7 +179,8 @@ def _versus_best(fp: list[bool], quantized: list[bool], rows: list[dict]) -> dic
     of recoveries with a paired bootstrap interval (every resample kept) and McNemar on the
     plan-vs-baseline discordant prompts."""
     plan = next((r for r in rows if r["arm"] == "pcr"), None)
-    others = [r for r in rows if r["arm"] != "pcr" and r["recovery"] is not None]
+    others = [r for r in rows if r["arm"] not in ("pcr",) and not r["arm"].startswith("probe")]
+    others = [r for r in others if r["recovery"] is not None]
     if plan is None or plan["recovery"] is None or not others:
         return None
     best = max(others, key=lambda r: r["recovery"])

@@ -20,6 +20,10 @@ each per-layer intervention's effect is the damage it removes, as a fraction of 
   channels; FP8: a calibrated scale per head), so outliers no longer set everyone's scale;
 - ``R_out(l)``: layer l's top outlier channels (by absmax) kept in 16-bit and out of the scale.
   RoPE puts an outlier frequency into a channel pair, so at least OUTLIER_MIN channels are kept.
+- ``R_int8(l)``, at the top layers only (below): layer l at 8 bits, same granularity (INT below 8
+  bits). Leaving a layer unquantized can cost more than the budget, while 8 bits there can keep
+  most of its gain for a fraction of the bytes; where the outlier fix hurts a layer (per-token
+  INT5 on the default model: R_out(0) = -0.64 while R_layer(0) = +0.98), it is the fix that fits.
 
 Mode (the constants below are the rule; tests pin them):
 
@@ -30,9 +34,12 @@ Mode (the constants below are the rule; tests pin them):
 - else ``outlier-as-safety``.
 
 The plan is a QuantSpec with per-layer overrides whose extra KV memory is within a budget (a
-fraction of the quantized cache): the interventions the mode calls for, chosen greedily by damage
-removed per extra byte. Its predicted recovery is the calibration damage it removes, measured with
-one more pass. Cost: 2 + (up to 3 per layer) + 2 prompt passes of the calibration prompts, + 2
+fraction of the quantized cache): the interventions the mode calls for, plus 8 bits at the top
+layers in every mode, each removing at least MIN_FIX_GAIN of D alone (smaller values are the
+curves' noise), chosen greedily by damage removed per extra byte, where a layer already in the
+plan may move to a stronger fix of that layer by the same measure (the extra damage removed per
+extra byte). Its predicted recovery is the calibration damage it removes, measured with one more
+pass. Cost: 2 + (up to 3 per layer) + 2 prompt passes of the calibration prompts, + 2
 for D under the other score (``opening`` passes are teacher-forced: 2 model calls for token-local
 schemes, one per opening token otherwise).
 """
@@ -59,6 +66,7 @@ __all__ = [
     "FINE_GROUP",
     "GRANULARITY_SHARE",
     "MIN_DAMAGE",
+    "MIN_FIX_GAIN",
     "OUTLIER_FRACTION",
     "OUTLIER_MAX",
     "OUTLIER_MIN",
@@ -69,7 +77,9 @@ __all__ = [
     "Intervention",
     "choose_mode",
     "diagnose",
+    "eight_bits",
     "finer",
+    "greedy_plan",
     "intervention",
     "override_extra_bytes",
     "refusal_scores",
@@ -95,10 +105,13 @@ OUTLIER_MIN = 2
 OUTLIER_MAX = 4
 #: Damage (mean score drop, log-odds or nats) below which there is nothing to diagnose.
 MIN_DAMAGE = 0.05
+#: A fix enters the plan only if alone it removes at least this fraction of D: the per-layer
+#: curves of the default model scatter by about +-0.02 around 0 on layers that carry no damage.
+MIN_FIX_GAIN = 0.05
 #: Tokens streamed to count a scheme's bytes per token (amortises a residual window's fp tokens).
 BYTES_PROBE_TOKENS = 2048
 
-Intervention = str  # "layer" | "gran" | "out" | "bits"
+Intervention = str  # "layer" | "gran" | "out" | "bits" | "int8"
 Log = Callable[[str], None]
 
 
@@ -138,12 +151,19 @@ def more_bits(scheme: TensorScheme, head_dim: int) -> TensorScheme | None:
     return None
 
 
+def eight_bits(scheme: TensorScheme, head_dim: int) -> TensorScheme | None:
+    """The scheme at 8 bits, same granularity and outliers (INT below 8 bits), or None."""
+    if isinstance(scheme, IntScheme) and scheme.bits < 8:
+        return replace(scheme, bits=8)
+    return None
+
+
 def intervention(kind: Intervention, kv: KVScheme, head_dim: int) -> KVScheme | None:
     """Layer scheme ``kv`` under an intervention, applied to keys and values alike (None: n/a)."""
     if kind == "layer":
         fp = KVScheme(NoQuant(), NoQuant())
         return None if kv == fp else fp
-    change = {"gran": finer, "out": with_outliers, "bits": more_bits}[kind]
+    change = {"gran": finer, "out": with_outliers, "bits": more_bits, "int8": eight_bits}[kind]
     key, value = change(kv.key, head_dim), change(kv.value, head_dim)
     if key is None and value is None:
         return None
@@ -211,6 +231,38 @@ MODE_FIXES: dict[str, tuple[Intervention, ...]] = {
 }
 
 
+def greedy_plan(
+    gain: dict[tuple[int, Intervention], float],
+    cost: dict[tuple[int, Intervention], float],
+    allowance: float,
+    preference: Sequence[Intervention],
+) -> dict[int, Intervention]:
+    """Layer -> fix within ``allowance`` bytes: at each step the move with the most damage removed
+    per extra byte, a move being a fix at a layer not yet in the plan or a stronger fix at one that
+    is (its extra gain over its extra cost); ties go to the earlier layer, then the kind earlier in
+    ``preference``. ``gain`` holds the candidate fixes (fraction of D each removes alone) and
+    ``cost`` their extra bytes per token."""
+    plan: dict[int, Intervention] = {}
+    spent = 0.0
+    while True:
+        best: tuple[float, int, int, Intervention, float] | None = None  # (-value, layer, rank, kind, extra)
+        for (layer, kind), g in gain.items():
+            held = plan.get(layer)
+            dg = g - (gain[(layer, held)] if held is not None else 0.0)
+            dc = cost[(layer, kind)] - (cost[(layer, held)] if held is not None else 0.0)
+            if held == kind or dg <= 0 or spent + dc > allowance + 1e-9:
+                continue
+            rank = preference.index(kind) if kind in preference else len(preference)
+            move = (-dg / max(dc, 1e-9), layer, rank, kind, dc)
+            if best is None or move[:3] < best[:3]:
+                best = move
+        if best is None:
+            return plan
+        _, layer, _, kind, dc = best
+        plan[layer] = kind
+        spent += dc
+
+
 # -- the diagnosis -------------------------------------------------------------------------------
 @dataclass
 class Diagnosis:
@@ -241,6 +293,8 @@ class Diagnosis:
     score: str = SCORES[0]
     #: D under each score measured (the one used, and the other when it could be computed).
     damages: dict[str, float] = field(default_factory=dict)
+    #: R_int8 at the top layers where it applies: layer -> fraction of D removed by 8 bits there.
+    r_int8: dict[int, float] = field(default_factory=dict)
 
     def damage_note(self) -> str:
         """One line for the report: D under each refusal score, and the one diagnosed on."""
@@ -421,8 +475,17 @@ def diagnose(
     at = [probe.index(layer) for layer in top]
     mode = choose_mode(r_top, [curves["layer"][i] for i in at], [curves["gran"][i] for i in at])
 
-    # the plan: the mode's fixes, greedily by damage removed per extra byte, within the budget
-    allowed = MODE_FIXES[mode]
+    # 8 bits at the top layers: measured there, a candidate fix in every mode
+    r_int8: dict[int, float] = {}
+    for layer in top:
+        kv = intervention("int8", spec.layer(layer), head_dim)
+        if kv is not None:
+            fixes[(layer, "int8")] = kv
+            r_int8[layer] = removed(spec.with_overrides({layer: kv}))
+
+    # the plan: the mode's fixes and 8 bits at the top layers, greedily by damage removed per extra
+    # byte, within the budget
+    allowed = (*MODE_FIXES[mode], "int8")
     gain: dict[tuple[int, Intervention], float] = {}
     for i, layer in enumerate(probe):
         for kind in allowed:
@@ -431,26 +494,20 @@ def diagnose(
                 if kv is not None:
                     fixes[(layer, "bits")] = kv
                     gain[(layer, "bits")] = curves["layer"][i]
-            elif (layer, kind) in fixes:
+            elif kind == "int8" and layer in r_int8:
+                gain[(layer, "int8")] = r_int8[layer]
+            elif (layer, kind) in fixes and kind != "int8":
                 gain[(layer, kind)] = curves[kind][i]
 
     def extra(layer: int, kv: KVScheme) -> float:
         return override_extra_bytes(spec, layer, kv, head_dim, kv_heads)
 
-    allowance = budget * base_bytes
-    ranked = sorted(
-        (key for key, g in gain.items() if g > 0),
-        key=lambda key: (-gain[key] / max(extra(key[0], fixes[key]), 1e-9), key[0], allowed.index(key[1])),
+    plan_layers = greedy_plan(
+        {key: g for key, g in gain.items() if g >= MIN_FIX_GAIN},
+        {key: extra(key[0], fixes[key]) for key in gain},
+        budget * base_bytes,
+        allowed,
     )
-    plan_layers: dict[int, Intervention] = {}
-    spent = 0.0
-    for layer, kind in ranked:
-        if layer in plan_layers:
-            continue
-        cost = extra(layer, fixes[(layer, kind)])
-        if spent + cost <= allowance + 1e-9:
-            plan_layers[layer] = kind
-            spent += cost
     notes: list[str] = []
     predicted: float | None = 0.0
     plan_spec = spec
@@ -475,6 +532,7 @@ def diagnose(
         r_layer=curves["layer"],
         r_gran=curves["gran"],
         r_out=curves["out"],
+        r_int8=r_int8,
         not_applicable=sorted(not_applicable),
         top=top,
         r_top=r_top,

@@ -265,6 +265,7 @@ def pcr_from_diagnosis(diagnosis: Diagnosis, measured_recovery: float | None = N
             "top_layers": list(diagnosis.top),
             "r_top": diagnosis.r_top,
             "plan_layers": {str(k): v for k, v in sorted(diagnosis.plan_layers.items())},
+            "r_int8": {str(k): v for k, v in sorted(diagnosis.r_int8.items())},
             "budget": diagnosis.budget,
             "not_applicable": list(diagnosis.not_applicable),
             "forward_passes": diagnosis.forward_passes,

@@ -197,14 +197,17 @@ def test_diagnose_measures_each_layer_and_keeps_the_plan_within_budget() -> None
     assert d.damage > pcr.MIN_DAMAGE, "int2 must lower the log-odds of the model's own first tokens"
     assert d.mode in ("outlier-crushes-safety", "outlier-as-safety", "multi-layer-dilution")
     assert len(d.r_layer) == len(d.r_gran) == len(d.r_out) == 6
-    # 2 (fp, q) + 3 per layer + top layers + plan; repeated specs are scored once
-    assert d.forward_passes <= 2 + 3 * 6 + 2
+    # 2 (fp, q) + 3 per layer + top layers together + 8 bits at each top layer + plan; repeated
+    # specs are scored once
+    assert d.forward_passes <= 2 + 3 * 6 + 1 + len(d.top) + 1
+    assert set(d.r_int8) == set(d.top)  # int2 is below 8 bits at every layer
     assert d.plan_memory_overhead <= 0.07 + 1e-9
     plan = parse_spec(d.plan)
     assert {layer for layer, _ in plan.overrides} == set(d.plan_layers) <= {0, 1, 2, 3, 4, 5}
     entry = pcr_from_diagnosis(d, measured_recovery=None)
     assert entry is not None
     assert entry.mode == d.mode and entry.calibration_prompts == 4 and entry.extra["top_layers"] == d.top
+    assert entry.extra["r_int8"] == {str(k): v for k, v in sorted(d.r_int8.items())}
     del tok
 
 
@@ -330,3 +333,42 @@ def test_fixes_that_hurt_together_give_no_plan() -> None:
     assert d.r_top == pytest.approx(-0.5) and d.mode == "multi-layer-dilution"
     assert d.plan == "int4" and d.plan_layers == {} and d.predicted_recovery == 0.0
     assert d.plan_memory_overhead == 0.0 and "no plan" in d.notes[-1]
+
+
+def test_the_plan_takes_the_best_value_per_byte_and_upgrades_a_layer_when_the_budget_allows() -> None:
+    gain = {(0, "out"): 0.3, (0, "int8"): 0.9, (1, "out"): 0.25, (2, "out"): 0.1}
+    cost = {(0, "out"): 1.0, (0, "int8"): 4.0, (1, "out"): 1.0, (2, "out"): 1.0}
+    pref = ("out", "layer", "int8")
+    # out at 0 (0.3 per byte), out at 1 (0.25), then 0 moves to 8 bits (+0.6 for +3 bytes = 0.2 per
+    # byte, before out at 2's 0.1): 5 bytes in all
+    assert pcr.greedy_plan(gain, cost, 5.0, pref) == {0: "int8", 1: "out"}
+    # one byte less: the move to 8 bits no longer fits, out at 2 does
+    assert pcr.greedy_plan(gain, cost, 4.0, pref) == {0: "out", 1: "out", 2: "out"}
+    # a stronger fix that costs nothing extra is always taken; a weaker one never replaces a stronger
+    assert pcr.greedy_plan(
+        {(0, "out"): 0.5, (0, "int8"): 0.4}, {(0, "out"): 1.0, (0, "int8"): 1.0}, 9, pref
+    ) == {0: "out"}
+    # equal value per byte: the earlier layer first, then the kind earlier in the preference
+    assert pcr.greedy_plan(
+        {(1, "out"): 0.2, (0, "out"): 0.2}, {(1, "out"): 1.0, (0, "out"): 1.0}, 1.0, pref
+    ) == {0: "out"}
+    assert pcr.greedy_plan(
+        {(0, "int8"): 0.2, (0, "out"): 0.2}, {(0, "int8"): 1.0, (0, "out"): 1.0}, 1.0, pref
+    ) == {0: "out"}
+    assert pcr.greedy_plan(gain, cost, 0.5, pref) == {}  # nothing fits
+
+
+def test_eight_bits_applies_to_int_below_eight_bits_only() -> None:
+    from kvsafety_tests.pcr.diagnosis import eight_bits, intervention
+
+    int5 = parse_spec("int5").layer(0)
+    kv = intervention("int8", int5, 64)
+    assert kv is not None and str(parse_spec("int5").with_overrides({0: kv})) == "int5;L0=int8"
+    assert eight_bits(parse_spec("int8").layer(0).key, 64) is None
+    assert eight_bits(parse_spec("fp8_e4m3").layer(0).key, 64) is None
+    assert (
+        intervention(
+            "int8", KVScheme(parse_spec("fp8_e5m2").layer(0).key, parse_spec("fp8_e5m2").layer(0).value), 64
+        )
+        is None
+    )
