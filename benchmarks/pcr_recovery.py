@@ -163,6 +163,7 @@ def main() -> None:
             "r_layer": d.r_layer,
             "r_gran": d.r_gran,
             "r_out": d.r_out,
+            "r_int8": {str(k): v for k, v in d.r_int8.items()},
             "notes": d.notes,
             "arms": rows,
             "versus_best": _versus_best(fp, quantized, rows),
@@ -237,10 +238,12 @@ def _print_table(r: dict, n: int) -> None:
             f"only under the plan, {v['only_baseline']} only under the baseline, exact McNemar p={v['mcnemar_p']:.3g}"
         )
     print("\nPer-layer curves (fraction of D removed by the fix at that layer alone):\n")
-    print("| layer | R_layer | R_gran | R_out | in plan |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| layer | R_layer | R_gran | R_out | R_int8 (top layers) | in plan |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    int8 = r.get("r_int8", {})
     for layer, (a, b, c) in enumerate(zip(r["r_layer"], r["r_gran"], r["r_out"], strict=True)):
-        print(f"| {layer} | {a:+.2f} | {b:+.2f} | {c:+.2f} | {r['plan_layers'].get(str(layer), '')} |")
+        e = f"{int8[str(layer)]:+.2f}" if str(layer) in int8 else ""
+        print(f"| {layer} | {a:+.2f} | {b:+.2f} | {c:+.2f} | {e} | {r['plan_layers'].get(str(layer), '')} |")
     ranked = sorted(r["r_layer"], reverse=True)
     cum = 0.0
     k = 0
