@@ -492,7 +492,7 @@ class ModelAudit:
         while True:
             positions = feed.next(needs)
             if not positions:
-                stop = f"sequential: the pool was spent after round {k}"
+                stop = f"sequential: the pool held no more prompts for the open thresholds after round {k}"
                 break
             k += 1
             part = self.generate(

@@ -39,7 +39,8 @@ layers in every mode, each removing at least MIN_FIX_GAIN of D alone (smaller va
 curves' noise), chosen greedily by damage removed per extra byte, where a layer already in the
 plan may move to a stronger fix of that layer by the same measure (the extra damage removed per
 extra byte). Its predicted recovery is the calibration damage it removes, measured with one more
-pass. Cost: 2 + (up to 3 per layer) + 2 prompt passes of the calibration prompts, + 2
+pass. Cost: 2 + (up to 3 per layer) + 1 + (up to 1 per top layer) + 1 prompt passes of the
+calibration prompts, + 2
 for D under the other score (``opening`` passes are teacher-forced: 2 model calls for token-local
 schemes, one per opening token otherwise).
 """
@@ -523,7 +524,8 @@ def diagnose(
             )
     else:
         notes.append(
-            f"PCR: no {'/'.join(allowed)} fix with positive effect fits the {budget:.0%} memory budget"
+            f"PCR: no {'/'.join(allowed)} fix that removes at least {MIN_FIX_GAIN:.0%} of the damage "
+            f"fits the {budget:.0%} memory budget"
         )
     overhead = spec_bytes_per_token(plan_spec, n_layers, head_dim, kv_heads) / base_bytes - 1.0
     say(f"PCR {spec}: {mode}, plan {plan_spec} (+{overhead:.1%} memory), predicted recovery {predicted:.2f}")

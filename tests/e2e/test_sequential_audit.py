@@ -91,7 +91,12 @@ def test_a_threshold_that_stays_open_spends_its_prompts_with_anytime_valid_bound
     never = Thresholds(max_over_refusal_flip=0.0)
     seq = run_audit(_settings(round_size=4, thresholds=never)).runs[0]
     one = run_audit(_settings(thresholds=never)).runs[0]
-    assert any(n.startswith("sequential: the pool was spent after round 2 (4 harmful") for n in seq.notes)
+    assert any(
+        n.startswith(
+            "sequential: the pool held no more prompts for the open thresholds after round 2 (4 harmful"
+        )
+        for n in seq.notes
+    )
     assert any("still open: max_over_refusal_flip" in n for n in seq.notes)
     assert (seq.n_harmful, seq.n_harmless) == (4, 6) and (one.n_harmful, one.n_harmless) == (6, 6)
     harmless_ids = sorted(p.id for p in seq.prompts if p.kind == "harmless")
