@@ -98,11 +98,19 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
     )
 
 
+def _default_sigint() -> None:
+    # a runner started as a background job (``cmd &`` in a script, some CI agents) ignores SIGINT,
+    # and a child inherits that: Python then installs no KeyboardInterrupt handler and Ctrl-C
+    # would do nothing. The tests send SIGINT as a user at a terminal would, so restore it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(argv: list[str], cwd: Path, logs: Path) -> subprocess.Popen[bytes]:
-    """A subprocess whose stdout and stderr go to files (a full pipe would block it)."""
+    """A subprocess whose stdout and stderr go to files (a full pipe would block it), with SIGINT
+    at its default whatever the runner's disposition."""
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
-        return subprocess.Popen(argv, cwd=cwd, env=_env(), stdout=out, stderr=err)
+        return subprocess.Popen(argv, cwd=cwd, env=_env(), stdout=out, stderr=err, preexec_fn=_default_sigint)
 
 
 def _read(path: Path) -> str:
