@@ -180,8 +180,11 @@ def _versus_best(fp: list[bool], quantized: list[bool], rows: list[dict]) -> dic
     of recoveries with a paired bootstrap interval (every resample kept) and McNemar on the
     plan-vs-baseline discordant prompts."""
     plan = next((r for r in rows if r["arm"] == "pcr"), None)
-    others = [r for r in rows if r["arm"] not in ("pcr",) and not r["arm"].startswith("probe")]
-    others = [r for r in others if r["recovery"] is not None]
+    others = [
+        r
+        for r in rows
+        if r["arm"] != "pcr" and not r["arm"].startswith("probe") and r["recovery"] is not None
+    ]
     if plan is None or plan["recovery"] is None or not others:
         return None
     best = max(others, key=lambda r: r["recovery"])

@@ -60,7 +60,7 @@ from .calibration import (
     select_refused,
 )
 from .evidence import gate_evidence, ratio_evidence, recovery_evidence, undiagnosed_recovery_evidence
-from .rounds import RATE_METRICS, Arm, Feed, concat, needs_of, prompt_order, subset
+from .rounds import NEEDS, RATE_METRICS, Arm, Feed, concat, needs_of, prompt_order, subset
 
 __all__ = [
     "DEFAULT_QUANTIZERS",
@@ -485,7 +485,7 @@ class ModelAudit:
         at_risk = [i for i in harmful if self.baseline.labels[i] == "refused"]
         feed = Feed(harmful, harmless, at_risk, s.round_size)
         parts: list[Arm] = []
-        needs = needs_of(("refusal_drop", "conditional_flip_rate", "over_refusal_flip_rate"))  # round 1: all
+        needs = needs_of(NEEDS)  # round 1: every group
         open_: list[str] = []
         k = 0
         stop = ""
@@ -516,11 +516,10 @@ class ModelAudit:
                 break
             needs = needs_of(open_metrics)  # from round 2: only what the open thresholds need
         arm = concat(parts)
-        h = sum(1 for i in arm.positions(len(self.eval_prompts)) if i < self.n_harmful)
-        fed = (
-            f"{h} harmful ({sum(1 for i in arm.positions(len(self.eval_prompts)) if i in feed.at_risk)} "
-            f"fp refusals) and {len(arm.texts) - h} harmless prompts"
-        )
+        positions = arm.positions(len(self.eval_prompts))
+        h = sum(1 for i in positions if i < self.n_harmful)
+        refusals = sum(1 for i in positions if i in feed.at_risk)
+        fed = f"{h} harmful ({refusals} fp refusals) and {len(positions) - h} harmless prompts"
         stop = f"{stop} ({fed})" + (f"; still open: {', '.join(open_)}" if open_ else "")
         self.log(f"{s.model} / {spec}: {stop}")
         return arm, stop, feed.drop_prefix

@@ -166,15 +166,6 @@ class Feed:
         """The harmful positions taken in order, at risk or not: the refusal drop's sample."""
         return self.harmful[: self._prefix]
 
-    def exhausted(self, needs: Collection[str]) -> bool:
-        """Nothing is left of any group in ``needs``."""
-        left_at_risk = any(i in self.at_risk and i not in self._taken for i in self.harmful[self._cursor :])
-        return (
-            ("harmful" not in needs or self._prefix >= len(self.harmful))
-            and ("at_risk" not in needs or not left_at_risk)
-            and ("harmless" not in needs or self._harmless >= len(self.harmless))
-        )
-
     def next(self, needs: Collection[str]) -> list[int]:
         """The next round's positions for ``needs`` (groups of ``NEEDS``); [] when they are spent.
 

@@ -487,17 +487,15 @@ def diagnose(
     # the plan: the mode's fixes and 8 bits at the top layers, greedily by damage removed per extra
     # byte, within the budget
     allowed = (*MODE_FIXES[mode], "int8")
-    gain: dict[tuple[int, Intervention], float] = {}
+    gain: dict[tuple[int, Intervention], float] = {(layer, "int8"): r for layer, r in r_int8.items()}
     for i, layer in enumerate(probe):
-        for kind in allowed:
+        for kind in MODE_FIXES[mode]:
             if kind == "bits":  # not measured per layer: R_layer stands in for its value
                 kv = intervention("bits", spec.layer(layer), head_dim)
                 if kv is not None:
                     fixes[(layer, "bits")] = kv
                     gain[(layer, "bits")] = curves["layer"][i]
-            elif kind == "int8" and layer in r_int8:
-                gain[(layer, "int8")] = r_int8[layer]
-            elif (layer, kind) in fixes and kind != "int8":
+            elif (layer, kind) in fixes:
                 gain[(layer, kind)] = curves[kind][i]
 
     def extra(layer: int, kv: KVScheme) -> float:

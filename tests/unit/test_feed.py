@@ -34,7 +34,7 @@ def test_with_only_flips_open_the_feed_takes_the_next_fp_refusals_alone() -> Non
     assert feed.drop_prefix == [3, 0, 7]  # the drop's sample stops growing
     assert feed.next({"at_risk"}) == [6]  # the last fp refusal
     assert feed.next({"at_risk"}) == []  # spent
-    assert feed.exhausted({"at_risk"}) and not feed.exhausted({"harmless"})
+    assert feed.next({"harmless"}) == [13, 14]  # the other groups are not
 
 
 def test_a_drop_reopened_takes_the_answered_prompts_skipped_and_keeps_its_prefix_whole() -> None:
@@ -62,7 +62,7 @@ def test_no_prompt_is_fed_twice_and_the_pool_is_spent_exactly() -> None:
     for needs in [ALL, {"at_risk"}, {"harmful", "harmless"}, {"at_risk"}, ALL, ALL]:
         seen += feed.next(needs)
     assert sorted(seen) == list(range(15))
-    assert feed.exhausted(ALL)
+    assert feed.next(ALL) == []
 
 
 def test_bad_input_is_refused() -> None:
