@@ -125,6 +125,36 @@ def _cells() -> tuple[Cell, ...]:
         Cell("smollm2-135m-instruct", "none", 10, 0, sources=("donotanswer",), round=2),
         Cell("smollm2-135m-instruct", "int8", 10, 0, sources=("donotanswer",), round=2),
     ]
+    # Round 3: the labelled set v3's test split (docs/judge-labelling.md, "Set v3"). Only prompts
+    # no earlier round used (``select_prompts`` skips them), so no v2 prompt reaches v3's test.
+    # Benchmarks only: rounds 1 and 2 took every builtin harmless prompt and most harmful ones.
+    round3 = {
+        "qwen2.5-coder-0.5b-instruct": (
+            ("none", 4), ("int8", 4), ("fp8_e4m3", 2), ("fp8_e5m2", 4), ("int4", 4),
+            ("int3", 4), ("int3-channel", 2), ("int2", 1), ("kivi2", 2),
+        ),
+        "smollm2-135m-instruct": (
+            ("none", 3), ("int8", 3), ("fp8_e5m2", 2), ("int4", 2), ("int3", 2),
+            ("int2-channel", 1), ("kivi4", 1),
+        ),
+    }  # fmt: skip
+    # Round 4: round 3 gave 159 distinct texts; more prompts, the same rule.
+    round4 = {
+        "qwen2.5-coder-0.5b-instruct": (
+            ("none", 3), ("int8", 3), ("fp8_e5m2", 3), ("int4", 3), ("int4-channel", 3), ("int3", 3),
+            ("kivi4", 2),
+        ),
+        "smollm2-135m-instruct": (
+            ("none", 3), ("int8", 3), ("fp8_e4m3", 3), ("fp8_e5m2", 2), ("int3-channel", 2),
+            ("int4-channel", 2), ("kivi2", 1),
+        ),
+    }  # fmt: skip
+    out += [
+        Cell(model, q, h, 0, long=q.startswith("kivi"), sources=bench, round=r)
+        for r, table in ((3, round3), (4, round4))
+        for model, rows in table.items()
+        for q, h in rows
+    ]
     return tuple(out)
 
 
@@ -231,13 +261,14 @@ def select_prompts(cells: Sequence[Cell]) -> dict[Cell, list]:
     """Per cell, its prompts: each model walks every pool from its own starting point (qwen at
     the start, smollm2 half-way), so cells of one model see different prompts. The walk always
     covers every cell of ``CELLS`` in order, so a cell's prompts do not depend on which cells
-    are asked for."""
+    are asked for. A round-3 cell skips every prompt an earlier round's cell took (either model's)."""
     from kvsafety_tests.prompts import long_context_variant
 
     pools = {(s, "harmful"): _pool(s, "harmful") for s in SOURCES}
     pools["builtin", "harmless"] = _pool("builtin", "harmless")
     walkers: dict[tuple[str, str, str], Iterator] = {}
     out: dict[Cell, list] = {}
+    taken: set[tuple[str, str]] = set()  # (source, prompt id) of rounds 1 and 2
     for cell in CELLS:
         chosen = []
         for (source, kind), pool in pools.items():
@@ -247,7 +278,21 @@ def select_prompts(cells: Sequence[Cell]) -> dict[Cell, list]:
             key = (cell.model, source, kind)
             if key not in walkers:
                 walkers[key] = _cycle(pool, 0 if MODELS[cell.model] == "qwen" else len(pool) // 2)
-            chosen += [next(walkers[key]) for _ in range(n)]
+            picked: list = []
+            for _ in range(2 * len(pool)):
+                if len(picked) == n:
+                    break
+                p = next(walkers[key])
+                if cell.round < 3:  # rounds 3 and 4 skip these
+                    taken.add((source, p.id))
+                elif (source, p.id) in taken or p in picked or p in chosen:
+                    continue
+                picked.append(p)
+            if len(picked) < n:
+                raise SystemExit(f"{source}: too few prompts left for {cell} ({len(picked)} of {n})")
+            if cell.round >= 3:
+                taken.update((source, p.id) for p in picked)
+            chosen += picked
         out[cell] = [long_context_variant(p) for p in chosen] if cell.long else chosen
     return {cell: out[cell] for cell in cells}
 
@@ -297,6 +342,13 @@ def generate(cells: Sequence[Cell], batch_size: int) -> list[dict]:
 
 
 # --- build ----------------------------------------------------------------------------------
+
+
+def _write_jsonl(path: Path, records: Iterable[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -452,6 +504,92 @@ def build(
     return records, left_out
 
 
+def build_test_set(
+    candidates: Sequence[dict],
+    labels: dict[str, dict],
+    handwritten: Sequence[dict],
+    dev: Sequence[dict],
+) -> tuple[list[dict], list[dict]]:
+    """(records, left out): a new test split, every record ``"split": "test"``, against ``dev``
+    (every record of an earlier set, all of which judges may now be fitted on).
+
+    One record per distinct text, under its first occurrence. A text that ``dev`` or the old
+    set (v1) holds is left out, and so is any candidate on a prompt ``dev`` used: nothing on the
+    new test split was seen while fitting. Labels ``ambiguous`` are left out with their reason.
+    """
+    seen_texts = {normalise(r["text"]) for r in dev}
+    if OLD_SET.exists():
+        seen_texts |= {normalise(r["completion"]) for r in _read_jsonl(OLD_SET)}
+    dev_keys = {split_key(r) for r in dev}
+    records: list[dict] = []
+    left_out: list[dict] = []
+    groups: dict[str, list[dict]] = {}
+    for c in candidates:
+        groups.setdefault(normalise(c["text"]), []).append(c)
+    for norm, occ in groups.items():
+        key, first = text_key(norm), occ[0]
+        if key not in labels:
+            raise SystemExit(f"no label for text {key} ({first['id']}): label every distinct text first")
+        lab = labels[key]
+        reason = (
+            "ambiguous"
+            if lab["label"] == AMBIGUOUS
+            else "text already in dev or v1"
+            if norm in seen_texts
+            else "prompt already in dev"
+            if any(split_key(c) in dev_keys for c in occ)
+            else None
+        )
+        if reason:
+            left_out.append({"key": key, "id": first["id"], "why": lab.get("why", ""), "reason": reason})
+            continue
+        if lab["label"] not in LABELS:
+            raise SystemExit(
+                f"label {lab['label']!r} of {key} unknown; valid: {', '.join(LABELS)}, {AMBIGUOUS}"
+            )
+        records.append(
+            {
+                **{f: first.get(f) for f in ("id", "text", "model", "quantizer", "context", "source")},
+                **{f: first[f] for f in ("prompt_id", "kind", "category", "new_tokens")},
+                "label": lab["label"],
+                "why": lab.get("why", ""),
+                "split": "test",
+                "quantizer_family": quantizer_family(first["quantizer"]),
+                "case_kind": None,
+                "prompt": None,  # benchmark prompts only: their text stays in the package
+                "occurrences": len(occ),
+            }
+        )
+    seen_texts |= set(groups)
+    for h in handwritten:
+        norm = normalise(h["text"])
+        if norm in seen_texts:
+            raise SystemExit(f"hand-written case {h['id']} duplicates a text already seen")
+        if h["label"] not in LABELS:
+            raise SystemExit(
+                f"hand-written case {h['id']}: label {h['label']!r} unknown; valid: {', '.join(LABELS)}"
+            )
+        seen_texts.add(norm)
+        records.append(
+            {
+                **{f: h[f] for f in ("id", "text", "label", "prompt_id", "kind", "case_kind", "prompt")},
+                "why": h.get("why", ""),
+                "category": h.get("category"),
+                "split": "test",
+                "model": None,
+                "quantizer": None,
+                "quantizer_family": None,
+                "context": "short",
+                "source": "handwritten",
+                "new_tokens": None,
+                "occurrences": 1,
+            }
+        )
+    records = [{f: r[f] for f in FIELDS} for r in records]
+    records.sort(key=lambda r: (r["source"] == "handwritten", r["model"] or "", r["id"]))
+    return records, left_out
+
+
 def counts(records: Sequence[dict]) -> dict[str, dict[str, int]]:
     """Distinct texts per label, and per label within each model, family, source and split."""
     axes = ("model", "quantizer_family", "source", "split", "case_kind", "kind", "context")
@@ -484,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     gen.add_argument("--quantizer", action="append", default=None, help="only these quantizers (repeatable)")
     gen.add_argument(
-        "--round", type=int, action="append", default=None, help="only these rounds (1, 2; repeatable)"
+        "--round", type=int, action="append", default=None, help="only these rounds (1-4; repeatable)"
     )
     bld = sub.add_parser("build", help="assemble the labelled set from candidates and labels")
     bld.add_argument("--candidates", type=Path, required=True)
@@ -500,6 +638,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     bld.add_argument("--previous", type=Path, default=None, help="earlier build whose sides are kept")
     bld.add_argument("--out", type=Path, required=True)
     bld.add_argument("--left-out", type=Path, default=None, help="JSONL of the texts left out, with reasons")
+    new = sub.add_parser("build-test", help="a new test split against an earlier set (all of it dev)")
+    new.add_argument("--candidates", type=Path, required=True)
+    new.add_argument("--labels", type=Path, action="append", required=True, help="repeatable")
+    new.add_argument("--handwritten", type=Path, action="append", default=[], help="repeatable")
+    new.add_argument("--dev", type=Path, required=True, help="the earlier set: every record is dev")
+    new.add_argument("--out", type=Path, required=True)
+    new.add_argument("--left-out", type=Path, default=None, help="JSONL of the texts left out, with reasons")
     st = sub.add_parser("stats", help="counts and test sha256 of a built file")
     st.add_argument("path", type=Path)
     args = parser.parse_args(argv)
@@ -533,6 +678,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_stats(_read_jsonl(args.path))
         return 0
 
+    if args.command == "build-test":
+        labels = {r["key"]: r for path in args.labels for r in _read_jsonl(path)}
+        handwritten = [h for path in args.handwritten for h in _read_jsonl(path)]
+        records, left_out = build_test_set(
+            _read_jsonl(args.candidates), labels, handwritten, _read_jsonl(args.dev)
+        )
+        _write_jsonl(args.out, records)
+        if args.left_out:
+            _write_jsonl(args.left_out, left_out)
+        _print_stats(records)
+        print(f"left out: {dict(Counter(r['reason'] for r in left_out))}")
+        return 0
+
     previous = _read_jsonl(args.previous) if args.previous and args.previous.exists() else []
     # Labels already written (an earlier build's records) count; a labels file adds or overrides.
     labels = {text_key(r["text"]): {"label": r["label"], "why": r["why"]} for r in previous}
@@ -543,14 +701,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         handwritten = [r for r in previous if r["source"] == "handwritten"]
     records, left_out = build(_read_jsonl(args.candidates), labels, handwritten, previous)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    _write_jsonl(args.out, records)
     if args.left_out:
-        with open(args.left_out, "w", encoding="utf-8") as f:
-            for r in left_out:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        _write_jsonl(args.left_out, left_out)
     _print_stats(records)
     print(f"left out: {dict(Counter(r['reason'] for r in left_out))}")
     return 0
