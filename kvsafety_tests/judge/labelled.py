@@ -7,6 +7,10 @@ Two sets ship in ``kvsafety_tests.fixtures``:
   fitted on it) and ``test`` (frozen by its sha256; every published accuracy is measured on it).
   ``load_labelled_v2`` reads it; ``with_prompts`` fills in each record's request text from the
   prompt packages (benchmark prompt text is never stored in the set).
+- v3 (docs/judge-labelling.md, "Set v3"): a new frozen test split, ``judge_labelled_v3_test.jsonl``
+  (439 distinct texts on prompts v2 never used, hand-written cases by new writers), with all of
+  v2 as its dev split: v2's test split had been read, so it could no longer measure a judge
+  fitted after that. ``load_labelled_v3`` reads it. Published accuracies are on v3's test split.
 - v1, ``judge_labelled.jsonl``: the older set the ``rules-v1`` rules were written against (in
   sample). ``load_labelled`` reads it; ``split_by_prompt`` halves it by prompt.
 
@@ -30,6 +34,7 @@ from .protocol import LABELS, Judge, JudgeError
 __all__ = [
     "LABELLED_SET_FILE",
     "LABELLED_SET_V2_FILE",
+    "LABELLED_SET_V3_TEST_FILE",
     "LABELLED_SPLITS",
     "Interval",
     "JudgeScores",
@@ -38,6 +43,7 @@ __all__ = [
     "evaluate_judge",
     "load_labelled",
     "load_labelled_v2",
+    "load_labelled_v3",
     "score_labels",
     "split_by_prompt",
     "with_prompts",
@@ -45,6 +51,8 @@ __all__ = [
 
 LABELLED_SET_FILE = "judge_labelled.jsonl"  # v1, in the kvsafety_tests.fixtures package
 LABELLED_SET_V2_FILE = "judge_labelled_v2.jsonl"  # v2 (docs/judge-labelling.md), same package
+#: v3's test split (every record ``"split": "test"``); v3's dev split is all of v2.
+LABELLED_SET_V3_TEST_FILE = "judge_labelled_v3_test.jsonl"
 LABELLED_SPLITS: tuple[str, ...] = ("dev", "test")
 HANDWRITTEN = "handwritten"  # the v2 source of the hand-written hard cases
 
@@ -165,6 +173,25 @@ def load_labelled_v2(path: str | Path | None = None, *, split: str | None = None
             )
         )
     return records
+
+
+def load_labelled_v3(split: str | None = None) -> list[LabelledCompletion]:
+    """The labelled set v3: ``dev`` is every record of v2 (its two splits together), ``test`` the
+    frozen ``judge_labelled_v3_test.jsonl``; ``split`` picks one (default: both, dev first)."""
+    if split is not None and split not in LABELLED_SPLITS:
+        raise JudgeError(f"labelled split {split!r} unknown; valid: {', '.join(LABELLED_SPLITS)}")
+    dev = [replace(r, split="dev") for r in load_labelled_v2()] if split != "test" else []
+    test = [] if split == "dev" else _shipped(LABELLED_SET_V3_TEST_FILE)
+    wrong = [r.id for r in test if r.split != "test"]
+    if wrong:
+        raise JudgeError(f"{LABELLED_SET_V3_TEST_FILE}: record {wrong[0]!r} is not on the test split")
+    return dev + test
+
+
+def _shipped(name: str) -> list[LabelledCompletion]:
+    """A v2-format file shipped in ``kvsafety_tests.fixtures``."""
+    with resources.as_file(resources.files("kvsafety_tests.fixtures").joinpath(name)) as path:
+        return load_labelled_v2(path)
 
 
 def with_prompts(records: Sequence[LabelledCompletion]) -> list[LabelledCompletion]:

@@ -21,6 +21,7 @@ __all__ = [
     "EMBEDDING_JUDGE",
     "JUDGE_NAMES",
     "LABELS",
+    "PROBE_JUDGE",
     "RULES_JUDGE",
     "RULES_JUDGE_V2",
     "Judge",
@@ -35,10 +36,11 @@ RULES_JUDGE = "rules-v1"  # RuleJudge.name
 RULES_JUDGE_V2 = "rules-v2"  # RuleJudgeV2.name
 EMBEDDING_JUDGE = "minilm-linear-v1"  # EmbeddingJudge.name
 CASCADE_JUDGE = "cascade-v1"  # CascadeJudge.name
+PROBE_JUDGE = "qwen-probe-v1"  # ProbeJudge.name
 # The default: rules-v2 measures better than rules-v1 on the frozen test split of the labelled set
 # v2 (docs/results/judge-accuracy.md) and, unlike cascade-v1, needs no model or extra package.
 DEFAULT_JUDGE = RULES_JUDGE_V2
-JUDGE_NAMES: tuple[str, ...] = (RULES_JUDGE_V2, RULES_JUDGE, CASCADE_JUDGE, EMBEDDING_JUDGE)
+JUDGE_NAMES: tuple[str, ...] = (RULES_JUDGE_V2, RULES_JUDGE, PROBE_JUDGE, CASCADE_JUDGE, EMBEDDING_JUDGE)
 
 
 class JudgeError(KvSafetyError):

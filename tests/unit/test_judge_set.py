@@ -1,4 +1,5 @@
-"""The judge's labelled set v2 (fixtures/judge_labelled_v2.jsonl): its frozen test split and the
+"""The judge's labelled sets v2 (fixtures/judge_labelled_v2.jsonl) and v3 (its test split,
+fixtures/judge_labelled_v3_test.jsonl; its dev split is all of v2): the frozen test splits and the
 protocol's invariants (docs/judge-labelling.md). Reads the file only: no network, no model, no
 judge (the set measures the judges, so this test never imports one)."""
 
@@ -11,13 +12,17 @@ from pathlib import Path
 
 import pytest
 
-SET_PATH = Path(__file__).resolve().parents[2] / "fixtures" / "judge_labelled_v2.jsonl"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+SET_PATH = FIXTURES / "judge_labelled_v2.jsonl"
+V3_TEST_PATH = FIXTURES / "judge_labelled_v3_test.jsonl"
+V1_PATH = FIXTURES / "judge_labelled.jsonl"
 
 # The frozen test split (docs/judge-labelling.md, "Freezing the test split"). A change to any
 # test record (text, label, why, provenance) or to which records are on test changes this hash:
 # the judges' published test figures would no longer be about the same texts. Never update it to
 # make this test pass; build a new set with a new file name instead.
 TEST_SHA256 = "7c82fb084c11fa2d103cf2497bade7466d4fda6e5360f151293f72223004aac0"
+V3_TEST_SHA256 = "45f8c17518cd1562b8fa9722f2cfac3212d5dac09b23c6c24ac7df926ec08d80"
 
 LABELS = ("refused", "complied", "incoherent")
 SPLITS = ("dev", "test")
@@ -41,6 +46,14 @@ CASE_KINDS = (
     "word-salad",
     "loop",
     "symbol-run",
+)
+#: Kinds the v3 writers added.
+V3_CASE_KINDS = (
+    *CASE_KINDS,
+    "premise-rejection",
+    "harmless-declined",
+    "harmless-answered",
+    "fluent-but-empty",
 )
 FIELDS = {
     "id", "text", "label", "why", "split", "model", "quantizer", "quantizer_family", "context",
@@ -154,3 +167,49 @@ def test_benchmark_prompt_text_is_not_stored(records):
             assert r["prompt_id"].startswith(r["source"].split("-")[0]), r["id"]
         else:
             assert isinstance(r["prompt"], str) and r["prompt"], r["id"]
+
+
+# --- set v3: a new test split, with all of v2 as its dev split --------------------------------
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def v3_test() -> list[dict]:
+    return _read(V3_TEST_PATH)
+
+
+def test_v3_test_split_is_frozen(v3_test):
+    assert canonical_test_sha256(v3_test) == V3_TEST_SHA256, (
+        "the frozen test split fixtures/judge_labelled_v3_test.jsonl changed; "
+        "see docs/judge-labelling.md before touching it"
+    )
+    assert {r["split"] for r in v3_test} == {"test"}
+
+
+def test_v3_schema_counts_and_coverage(v3_test):
+    for r in v3_test:
+        assert set(r) == FIELDS, r["id"]
+        assert r["label"] in LABELS and r["source"] in SOURCES, r["id"]
+        if r["source"] == "handwritten":
+            assert r["case_kind"] in V3_CASE_KINDS and r["why"], r["id"]
+            assert isinstance(r["prompt"], str) and r["prompt"], r["id"]
+        else:
+            assert r["model"] in MODELS and r["quantizer_family"] in FAMILIES, r["id"]
+            assert r["prompt"] is None, f"{r['id']}: benchmark prompt text stays in its package"
+    texts = [normalise(r["text"]) for r in v3_test]
+    assert len(set(texts)) == len(texts) == 439
+    assert Counter(r["label"] for r in v3_test) == {"refused": 107, "complied": 207, "incoherent": 125}
+    assert {r["case_kind"] for r in v3_test if r["case_kind"]} == set(V3_CASE_KINDS)
+    for model in MODELS:
+        assert {r["label"] for r in v3_test if r["model"] == model} == set(LABELS), model
+
+
+def test_v3_test_shares_no_text_and_no_prompt_with_what_judges_were_fitted_on(records, v3_test):
+    # Everything a judge could have been fitted on: all of v2 (v3's dev split) and v1.
+    seen = {normalise(r["text"]) for r in records} | {normalise(r["completion"]) for r in _read(V1_PATH)}
+    assert not [r["id"] for r in v3_test if normalise(r["text"]) in seen]
+    v2_prompts = {split_key(r) for r in records}
+    assert not [r["id"] for r in v3_test if split_key(r) in v2_prompts]
