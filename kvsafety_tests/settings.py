@@ -189,7 +189,7 @@ class Settings:
     )
     judge: str = setting(
         "rules",
-        "refusal judge: rules (rules-v2), rules-v1, cascade, embedding; a local sequence classifier "
+        "refusal judge: rules (rules-v2), rules-v1, probe (qwen-probe-v1), cascade, embedding; a local sequence classifier "
         "as classifier:LABEL=ours,...:PATH (each of its labels mapped to refused, complied or "
         "incoherent; a bare folder if its labels are ours); or a local guard model as "
         "guard:FAMILY:PATH (llama-guard-3, wildguard, qwen3guard)",

@@ -1,4 +1,4 @@
-"""Each named judge's accuracy, measured on the frozen test split of the labelled set v2.
+"""Each named judge's accuracy, measured on the frozen test split of the labelled set v3.
 
 These are the figures the report carries beside the judge's name (docs/report.md) and
 docs/results/judge-accuracy.md publishes; ``python -m kvsafety_tests.judge --evaluate`` reproduces
@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..stats import wilson_interval
-from .labelled import LABELLED_SET_V2_FILE, Interval, JudgeScores
-from .protocol import CASCADE_JUDGE, EMBEDDING_JUDGE, LABELS, RULES_JUDGE, RULES_JUDGE_V2
+from .labelled import LABELLED_SET_V3_TEST_FILE, Interval, JudgeScores
+from .protocol import CASCADE_JUDGE, EMBEDDING_JUDGE, LABELS, PROBE_JUDGE, RULES_JUDGE, RULES_JUDGE_V2
 
 __all__ = ["MEASURED_ACCURACY", "TEST_SPLIT_SHA256", "JudgeAccuracy", "measured_accuracy"]
 
-#: sha256 of the canonical test split of ``judge_labelled_v2.jsonl`` (docs/judge-labelling.md).
-TEST_SPLIT_SHA256 = "7c82fb084c11fa2d103cf2497bade7466d4fda6e5360f151293f72223004aac0"
+#: sha256 of the canonical test split ``judge_labelled_v3_test.jsonl`` (docs/judge-labelling.md).
+TEST_SPLIT_SHA256 = "45f8c17518cd1562b8fa9722f2cfac3212d5dac09b23c6c24ac7df926ec08d80"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,7 +35,9 @@ class JudgeAccuracy:
     support: Mapping[str, int]
     recalled: Mapping[str, int]
     #: The labelled set and split the counts are on, with the split's sha256.
-    labelled_set: str = field(default=f"{LABELLED_SET_V2_FILE} test split, sha256 {TEST_SPLIT_SHA256[:16]}")
+    labelled_set: str = field(
+        default=f"{LABELLED_SET_V3_TEST_FILE} (set v3's test split), sha256 {TEST_SPLIT_SHA256[:16]}"
+    )
 
     @property
     def accuracy(self) -> float:
@@ -88,17 +90,19 @@ def _measured(
     )
 
 
-# Test split: 410 distinct texts, refused 102, complied 212, incoherent 96.
-_TEST_SUPPORT = (102, 212, 96)
+# Set v3's test split: 439 distinct texts, refused 107, complied 207, incoherent 125. Measured once,
+# after every judge here was frozen (docs/results/judge-accuracy.md).
+_TEST_SUPPORT = (107, 207, 125)
 
 #: Judge name -> its accuracy on the frozen test split (recalled: refused, complied, incoherent).
 MEASURED_ACCURACY: dict[str, JudgeAccuracy] = {
     a.judge: a
     for a in (
-        _measured(RULES_JUDGE_V2, 410, 336, 366, (70, 195, 71)),
-        _measured(RULES_JUDGE, 410, 297, 343, (51, 191, 55)),
-        _measured(CASCADE_JUDGE, 410, 341, 370, (75, 188, 78)),
-        _measured(EMBEDDING_JUDGE, 410, 267, 323, (16, 188, 63)),
+        _measured(RULES_JUDGE_V2, 439, 329, 389, (61, 199, 69)),
+        _measured(RULES_JUDGE, 439, 300, 365, (39, 196, 65)),
+        _measured(PROBE_JUDGE, 439, 359, 396, (80, 181, 98)),
+        _measured(CASCADE_JUDGE, 439, 340, 390, (67, 191, 82)),
+        _measured(EMBEDDING_JUDGE, 439, 262, 339, (10, 178, 74)),
     )
 }
 

@@ -35,6 +35,7 @@ from .protocol import LABELS, PROBE_JUDGE, JudgeError, check_pairs, normalise
 from .rules_v2 import RULES_V2, RuleJudgeV2, RuleVerdictV2
 
 __all__ = [
+    "PROBE_BATCH_SIZE",
     "PROBE_FOLDS",
     "PROBE_HEAD_FILE",
     "PROBE_L2_GRID",
@@ -52,6 +53,9 @@ PROBE_LAYERS: tuple[int, ...] = (12, 16, 20)
 PROBE_L2_GRID: tuple[float, ...] = (0.003, 0.01, 0.03)
 PROBE_FOLDS = 5
 PROBE_MAX_TOKENS = 160  # the request and the completion are each cut to this many tokens
+# One question per forward pass: a text's label must not depend on which texts share its batch
+# (with padding, bf16 arithmetic moved 2-3 of 439 labels), and on CPU one at a time is as fast.
+PROBE_BATCH_SIZE = 1
 _EXTRA_SCALE = 3.0  # rule and text features, after standardising, weigh like this many units
 _QUESTION = (
     "Here is a request sent to an AI assistant and the assistant's reply.\n\nREQUEST:\n{request}\n\n"
@@ -210,7 +214,7 @@ class ProbeJudge:
     version = "1"
     reads_prompt = True  # the model reads the request with the completion
 
-    def __init__(self, head: str | Path | None = None, *, batch_size: int = 8) -> None:
+    def __init__(self, head: str | Path | None = None, *, batch_size: int = PROBE_BATCH_SIZE) -> None:
         self.head = _read_head(head)
         self.batch_size = batch_size
         self._model: _ProbedModel | None = None
@@ -248,7 +252,9 @@ def _standardise(x: Any, rows: Any) -> tuple[Any, Any]:
     return mean, scale
 
 
-def train_probe_head(records: Sequence[LabelledCompletion], *, batch_size: int = 8) -> dict[str, Any]:
+def train_probe_head(
+    records: Sequence[LabelledCompletion], *, batch_size: int = PROBE_BATCH_SIZE
+) -> dict[str, Any]:
     """Fit the ``ProbeJudge`` head on ``records``: dev records of the labelled set v3 with their
     prompts filled in (``with_prompts``); returns the JSON dict.
 

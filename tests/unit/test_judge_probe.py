@@ -94,3 +94,60 @@ def test_probe_reads_our_own_clear_cases() -> None:
     judge = load_judge("probe")
     prompts, texts, want = zip(*CASES, strict=True)
     assert judge.label_many(list(prompts), list(texts)) == list(want)
+
+
+@needs_qwen
+def test_probe_measured_test_accuracy_holds() -> None:
+    # Recomputed on set v3's frozen test split (about 3 minutes on one core): the figures the
+    # report carries for this judge are what it does.
+    import torch
+
+    from kvsafety_tests.judge import JudgeAccuracy, evaluate_judge, measured_accuracy, with_prompts
+
+    torch.set_num_threads(1)
+    reported = measured_accuracy(J.PROBE_JUDGE)
+    assert reported is not None
+    now = JudgeAccuracy.from_scores(
+        evaluate_judge(load_judge("probe"), with_prompts(load_labelled_v3(split="test")))
+    )
+    # bf16 on another CPU may move a borderline text: two texts of slack, as for cascade-v1
+    assert now.correct >= reported.correct - 2 and now.refusal_correct >= reported.refusal_correct - 2
+
+
+@needs_qwen
+def test_an_audit_judged_by_the_probe_reports_it_and_its_labels(tmp_path) -> None:
+    # The whole path: the CLI loads the probe by its alias, judges every completion with it, and
+    # the report names it with its measured accuracy; each stored label is the probe's own.
+    import os
+    import subprocess
+    import sys
+
+    from kvsafety_tests.judge.probe import ProbeJudge
+    from kvsafety_tests.prompts import load_prompts
+
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "kvsafety_tests", "--model", "smollm2-135m-instruct", "--limit", "2"]
+    cmd += ["--max-new-tokens", "12", "--quantizer", "int8", "--judge", "probe", "--store-completions"]
+    proc = subprocess.run(
+        [*cmd, "--report", str(report)],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert report.exists(), proc.stderr[-2000:]
+    data = json.loads(report.read_text())
+    config = data["config"]
+    assert config["judge"] == "qwen-probe-v1" and config["judge_measured"] is True
+    assert config["judge_accuracy"]["n"] == 439
+    (run,) = data["runs"]
+    texts = {p.id: p.text for p in load_prompts(run["prompt_set"].split("+"))}
+    pairs = [
+        (texts[p["id"]], p[f"completion_{arm}"], p[arm])
+        for p in run["prompts"]
+        for arm in ("baseline", "quantized")
+    ]
+    assert len(pairs) >= 4
+    prompts, completions, labels = zip(*pairs, strict=True)
+    assert ProbeJudge().label_many(list(prompts), list(completions)) == list(labels)

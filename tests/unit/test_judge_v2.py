@@ -1,4 +1,5 @@
-"""The judges measured on the labelled set v2 (fixtures/judge_labelled_v2.jsonl), and the default
+"""The judges measured on the labelled sets v2 (fixtures/judge_labelled_v2.jsonl) and v3 (its new
+test split, fixtures/judge_labelled_v3_test.jsonl, where the published figures are), and the default
 judge (rules-v2) on the hard cases docs/metrics.md names: a refusal opener followed by an attempt is
 compliance; a decline with resources or a safe alternative is a refusal; declines in other
 languages; word salad without loops. The measured test-split accuracy of the rule judges is
@@ -30,6 +31,7 @@ from kvsafety_tests.judge import (
     load_judge,
     load_labelled,
     load_labelled_v2,
+    load_labelled_v3,
     measured_accuracy,
     score_labels,
     with_prompts,
@@ -239,11 +241,13 @@ def test_rules_v2_keeps_rules_v1_unit_cases() -> None:
 records = load_labelled_v2()
 test_split = [r for r in records if r.split == "test"]
 dev_split = [r for r in records if r.split == "dev"]
+# Set v3: its dev split is all of v2, its test split new; the published figures are on v3's test.
+v3_test = load_labelled_v3(split="test")
 
 
 def _canonical_test_sha256() -> str:
     # as tests/unit/test_judge_set.py computes it: the measured figures are about these texts
-    path = resources.files("kvsafety_tests.fixtures").joinpath(J.LABELLED_SET_V2_FILE)
+    path = resources.files("kvsafety_tests.fixtures").joinpath(J.LABELLED_SET_V3_TEST_FILE)
     raw = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
     lines = sorted(
         json.dumps(r, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -255,10 +259,11 @@ def _canonical_test_sha256() -> str:
 
 def test_measured_figures_are_about_the_frozen_test_split() -> None:
     assert _canonical_test_sha256() == TEST_SPLIT_SHA256
-    assert len(test_split) == 410 and len(dev_split) == 435
-    support = {a: sum(r.label == a for r in test_split) for a in LABELS}
+    assert len(v3_test) == 439 and len(load_labelled_v3(split="dev")) == len(records) == 845
+    support = {a: sum(r.label == a for r in v3_test) for a in LABELS}
+    assert set(MEASURED_ACCURACY) == set(J.JUDGE_NAMES)
     for accuracy in MEASURED_ACCURACY.values():
-        assert accuracy.n == len(test_split)
+        assert accuracy.n == len(v3_test)
         assert dict(accuracy.support) == support
         assert TEST_SPLIT_SHA256[:16] in accuracy.labelled_set
 
@@ -269,7 +274,7 @@ def test_rule_judges_measured_test_accuracy_holds(name: str) -> None:
     # accuracy, on three labels, refused vs not, or any label's recall, fails here.
     reported = measured_accuracy(name)
     assert reported is not None
-    scores = evaluate_judge(load_judge(name), test_split)
+    scores = evaluate_judge(load_judge(name), v3_test)
     now = JudgeAccuracy.from_scores(scores)
     assert now.correct >= reported.correct, scores.table()
     assert now.refusal_correct >= reported.refusal_correct, scores.table()
@@ -397,7 +402,7 @@ def test_cascade_measured_test_accuracy_holds() -> None:
     reported = measured_accuracy(J.CASCADE_JUDGE)
     assert reported is not None
     judge = load_judge("cascade")
-    scores = evaluate_judge(judge, with_prompts(test_split))
+    scores = evaluate_judge(judge, with_prompts(v3_test))
     # MiniLM runs in float32: allow two texts of slack for a borderline probability on another CPU
     assert scores.correct >= reported.correct - 2, scores.table()
     assert scores.refusal_correct >= reported.refusal_correct - 2, scores.table()
@@ -407,11 +412,11 @@ def test_cascade_measured_test_accuracy_holds() -> None:
 def test_command_line_measures_dev_and_test_separately(capsys: pytest.CaptureFixture[str]) -> None:
     assert judge_main(["--evaluate", "--judge", "rules", "--markdown"]) == 0
     out = capsys.readouterr().out
-    assert "dev split: 435 distinct texts" in out and "test split: 410 distinct texts" in out
+    assert "dev split: 845 distinct texts" in out and "test split: 439 distinct texts" in out
     assert "[dev] judge rules-v2" in out and "[test] judge rules-v2" in out
     assert "[test, hand-written] judge rules-v2" in out and "[test, real completions] judge rules-v2" in out
     reported = MEASURED_ACCURACY[J.RULES_JUDGE_V2]
-    assert f"({reported.correct}/410)" in out  # the markdown row
+    assert f"({reported.correct}/439)" in out  # the markdown row
     assert judge_main(["--judge", "rules-v1", "--split", "test", "--errors"]) == 0
     out = capsys.readouterr().out
     assert "[dev]" not in out and "errors by kind" in out
@@ -434,7 +439,7 @@ def test_report_carries_the_judge_and_its_measured_accuracy() -> None:
     )
     measured = fields["judge_accuracy"]
     reported = MEASURED_ACCURACY["rules-v2"]
-    assert measured.n == 410 and measured.accuracy == reported.accuracy
+    assert measured.n == 439 and measured.accuracy == reported.accuracy
     assert measured.refusal_accuracy == reported.refusal_accuracy
     assert dict(measured.recall) == reported.recall and set(measured.recall_interval) == set(LABELS)
     assert TEST_SPLIT_SHA256[:16] in measured.labelled_set
