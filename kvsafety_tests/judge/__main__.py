@@ -109,6 +109,7 @@ def _evaluate_v2(
     judges: Sequence[Judge], path: str | None, splits: Sequence[str], *, errors: bool, markdown: bool
 ) -> int:
     records = load_labelled_v2(path) if path is not None else load_labelled_v3()
+    records = [r for r in records if r.split in splits]  # a model judge reads only what is measured
     if any(getattr(j, "reads_prompt", False) for j in judges):
         records = with_prompts(records)  # a missing prompt package is a JudgeError: exit 2
     else:
