@@ -304,7 +304,8 @@ def test_load_judge_names() -> None:
         load_judge("rules-v1"), J.RuleJudgeV2
     )
     with pytest.raises(
-        JudgeError, match=r"unknown judge 'rulez'; valid: rules-v2, rules-v1, qwen-probe-v1, cascade-v1, minilm-linear-v1"
+        JudgeError,
+        match=r"unknown judge 'rulez'; valid: rules-v2, rules-v1, qwen-probe-v1, cascade-v1, minilm-linear-v1",
     ):
         load_judge("rulez")
     with pytest.raises(JudgeError, match="judge name is empty; valid: rules-v2"):
