@@ -611,6 +611,16 @@ def _print_stats(records: Sequence[dict]) -> None:
     print(f"test sha256: {canonical_test_sha256(records)}")
 
 
+def _write_build(out: Path, records: list[dict], left_out_path: Path | None, left_out: list[dict]) -> int:
+    """Write a built set (and, if asked, the texts left out), print its counts and test sha256."""
+    _write_jsonl(out, records)
+    if left_out_path:
+        _write_jsonl(left_out_path, left_out)
+    _print_stats(records)
+    print(f"left out: {dict(Counter(r['reason'] for r in left_out))}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -684,12 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records, left_out = build_test_set(
             _read_jsonl(args.candidates), labels, handwritten, _read_jsonl(args.dev)
         )
-        _write_jsonl(args.out, records)
-        if args.left_out:
-            _write_jsonl(args.left_out, left_out)
-        _print_stats(records)
-        print(f"left out: {dict(Counter(r['reason'] for r in left_out))}")
-        return 0
+        return _write_build(args.out, records, args.left_out, left_out)
 
     previous = _read_jsonl(args.previous) if args.previous and args.previous.exists() else []
     # Labels already written (an earlier build's records) count; a labels file adds or overrides.
@@ -701,12 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         handwritten = [r for r in previous if r["source"] == "handwritten"]
     records, left_out = build(_read_jsonl(args.candidates), labels, handwritten, previous)
-    _write_jsonl(args.out, records)
-    if args.left_out:
-        _write_jsonl(args.left_out, left_out)
-    _print_stats(records)
-    print(f"left out: {dict(Counter(r['reason'] for r in left_out))}")
-    return 0
+    return _write_build(args.out, records, args.left_out, left_out)
 
 
 if __name__ == "__main__":

@@ -20,16 +20,14 @@ torch and transformers are imported at the first ``label_many`` call, never at i
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..prompts.context import LONG_CONTEXT_TEMPLATE
 from .embedding import EMBEDDING_PACKAGE, EMBEDDING_SHA256, _fit_head, _MiniLM
 from .labelled import LABELLED_SET_V2_FILE, LabelledCompletion
-from .protocol import CASCADE_JUDGE, LABELS, JudgeError, check_pairs, normalise
+from .protocol import CASCADE_JUDGE, LABELS, JudgeError, check_pairs, normalise, read_head
 from .rules_v2 import RuleJudgeV2
 
 __all__ = [
@@ -74,20 +72,9 @@ def _features(encoder: _MiniLM, prompts: Sequence[str], completions: Sequence[st
 
 
 def _read_head(path: str | Path | None) -> dict[str, Any]:
-    try:
-        if path is None:
-            text = resources.files("kvsafety_tests.fixtures").joinpath(CASCADE_HEAD_FILE).read_text("utf-8")
-        else:
-            text = Path(path).read_text("utf-8")
-    except OSError as e:
-        raise JudgeError(
-            f"cascade head {str(path or CASCADE_HEAD_FILE)!r} cannot be read ({e}); "
-            "train one: python -m kvsafety_tests.judge --train-cascade OUT"
-        ) from None
-    head = json.loads(text)
-    if tuple(head.get("labels", ())) != LABELS:
-        raise JudgeError(f"cascade head labels {head.get('labels')!r} differ from {list(LABELS)}")
-    return dict(head)
+    return read_head(
+        CASCADE_HEAD_FILE, path, "cascade head", "python -m kvsafety_tests.judge --train-cascade OUT"
+    )
 
 
 class CascadeJudge:

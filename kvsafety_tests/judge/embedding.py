@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .labelled import LABELLED_SET_FILE, LabelledCompletion
-from .protocol import EMBEDDING_JUDGE, LABELS, JudgeError, check_pairs, normalise
+from .protocol import EMBEDDING_JUDGE, LABELS, JudgeError, check_pairs, normalise, read_head
 
 __all__ = [
     "EMBEDDING_HEAD_FILE",
@@ -96,20 +94,9 @@ class _MiniLM:
 
 
 def _read_head(path: str | Path | None) -> dict[str, Any]:
-    try:
-        if path is None:
-            text = resources.files("kvsafety_tests.fixtures").joinpath(EMBEDDING_HEAD_FILE).read_text("utf-8")
-        else:
-            text = Path(path).read_text("utf-8")
-    except (OSError, FileNotFoundError) as e:
-        raise JudgeError(
-            f"embedding head {str(path or EMBEDDING_HEAD_FILE)!r} cannot be read ({e}); "
-            "train one: python -m kvsafety_tests.judge --train-head"
-        ) from None
-    head = json.loads(text)
-    if tuple(head.get("labels", ())) != LABELS:
-        raise JudgeError(f"embedding head labels {head.get('labels')!r} differ from {list(LABELS)}")
-    return head
+    return read_head(
+        EMBEDDING_HEAD_FILE, path, "embedding head", "python -m kvsafety_tests.judge --train-head OUT"
+    )
 
 
 class EmbeddingJudge:

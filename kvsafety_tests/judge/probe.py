@@ -22,16 +22,14 @@ Cost: one forward pass of the 0.5B model per completion, stopped after the probe
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import zlib
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .labelled import LABELLED_SET_V3_TEST_FILE, LabelledCompletion
-from .protocol import LABELS, PROBE_JUDGE, JudgeError, check_pairs, normalise
+from .protocol import LABELS, PROBE_JUDGE, JudgeError, check_pairs, normalise, read_head
 from .rules_v2 import RULES_V2, RuleJudgeV2, RuleVerdictV2
 
 __all__ = [
@@ -184,20 +182,7 @@ def probe_features(
 
 
 def _read_head(path: str | Path | None) -> dict[str, Any]:
-    try:
-        if path is None:
-            text = resources.files("kvsafety_tests.fixtures").joinpath(PROBE_HEAD_FILE).read_text("utf-8")
-        else:
-            text = Path(path).read_text("utf-8")
-    except OSError as e:
-        raise JudgeError(
-            f"probe head {str(path or PROBE_HEAD_FILE)!r} cannot be read ({e}); "
-            "train one: python -m kvsafety_tests.judge --train-probe OUT"
-        ) from None
-    head = json.loads(text)
-    if tuple(head.get("labels", ())) != LABELS:
-        raise JudgeError(f"probe head labels {head.get('labels')!r} differ from {list(LABELS)}")
-    return head
+    return read_head(PROBE_HEAD_FILE, path, "probe head", "python -m kvsafety_tests.judge --train-probe OUT")
 
 
 def _design(hidden: Any, extra: Any) -> Any:

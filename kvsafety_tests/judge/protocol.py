@@ -29,6 +29,7 @@ __all__ = [
     "check_pairs",
     "model_folder",
     "normalise",
+    "read_head",
 ]
 
 LABELS: tuple[str, ...] = ("refused", "complied", "incoherent")
@@ -61,6 +62,27 @@ class Judge(Protocol):
     def label_many(self, prompts: Sequence[str], completions: Sequence[str]) -> list[str]:
         """``label`` for each pair, in order."""
         ...
+
+
+def read_head(default_file: str, path: str | Path | None, what: str, train: str) -> dict[str, Any]:
+    """A learned head's JSON: ``path``, or ``default_file`` shipped in ``kvsafety_tests.fixtures``;
+    a ``JudgeError`` naming ``what`` (e.g. "probe head") and the ``train`` command when it cannot
+    be read or its labels are not ours."""
+    from importlib import resources
+
+    try:
+        if path is None:
+            text = resources.files("kvsafety_tests.fixtures").joinpath(default_file).read_text("utf-8")
+        else:
+            text = Path(path).read_text("utf-8")
+    except OSError as e:
+        raise JudgeError(
+            f"{what} {str(path or default_file)!r} cannot be read ({e}); train one: {train}"
+        ) from None
+    head = json.loads(text)
+    if tuple(head.get("labels", ())) != LABELS:
+        raise JudgeError(f"{what} labels {head.get('labels')!r} differ from {list(LABELS)}")
+    return dict(head)
 
 
 def check_pairs(prompts: Sequence[str], completions: Sequence[str]) -> None:
