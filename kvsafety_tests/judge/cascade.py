@@ -19,15 +19,14 @@ torch and transformers are imported at the first ``label_many`` call, never at i
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..prompts.context import LONG_CONTEXT_TEMPLATE
 from .embedding import EMBEDDING_PACKAGE, EMBEDDING_SHA256, _fit_head, _MiniLM
-from .labelled import LABELLED_SET_V2_FILE, LabelledCompletion
-from .protocol import CASCADE_JUDGE, LABELS, JudgeError, check_pairs, normalise, read_head
+from .labelled import LABELLED_SET_V2_FILE, LabelledCompletion, check_dev_records, prompt_fold
+from .protocol import CASCADE_JUDGE, LABELS, check_pairs, normalise, read_head
 from .rules_v2 import RuleJudgeV2
 
 __all__ = [
@@ -117,11 +116,6 @@ class CascadeJudge:
         return out
 
 
-def _split_key(r: LabelledCompletion) -> str:
-    """The unit the labelled set is split by: the prompt (a long variant goes with its prompt)."""
-    return f"{r.prompt_source}/{r.prompt_id.removesuffix('-long')}"
-
-
 def train_cascade_head(records: Sequence[LabelledCompletion]) -> dict[str, Any]:
     """Fit the ``CascadeJudge`` head on ``records``, which must all be dev records of the labelled
     set v2 with their prompts filled in (``with_prompts``); returns the JSON dict.
@@ -133,20 +127,7 @@ def train_cascade_head(records: Sequence[LabelledCompletion]) -> dict[str, Any]:
     """
     import torch
 
-    if not records:
-        raise JudgeError("train_cascade_head: no records given")
-    not_dev = [r.id for r in records if r.split != "dev"]
-    if not_dev:
-        raise JudgeError(
-            f"train_cascade_head: {len(not_dev)} record(s) are not on the dev split (e.g. {not_dev[0]!r}); "
-            "heads are fitted on dev only, the test split only measures"
-        )
-    no_prompt = [r.id for r in records if r.prompt is None]
-    if no_prompt:
-        raise JudgeError(
-            f"train_cascade_head: {len(no_prompt)} record(s) have no prompt (e.g. {no_prompt[0]!r}); "
-            "fill them in with with_prompts"
-        )
+    check_dev_records(records, "train_cascade_head")
     rules = RuleJudgeV2()
     verdicts = [rules.verdict(r.prompt or "", r.completion) for r in records]
     encoder = _MiniLM()
@@ -154,12 +135,7 @@ def train_cascade_head(records: Sequence[LabelledCompletion]) -> dict[str, Any]:
     y = torch.tensor([LABELS.index(r.label) for r in records])
     ruled = torch.tensor([LABELS.index(v.label) for v in verdicts])
     deferred = torch.tensor([v.rule in DEFERRED_RULES for v in verdicts])
-    fold = torch.tensor(
-        [
-            int(hashlib.sha256(("fold:" + _split_key(r)).encode()).hexdigest(), 16) % CASCADE_FOLDS
-            for r in records
-        ]
-    )
+    fold = torch.tensor([prompt_fold(r, CASCADE_FOLDS) for r in records])
 
     def cascade(w: Any, b: Any, rows: Any) -> Any:
         probs = torch.softmax(x[rows] @ w.T + b, dim=-1)

@@ -40,10 +40,12 @@ __all__ = [
     "JudgeScores",
     "LabelledCompletion",
     "breakdown",
+    "check_dev_records",
     "evaluate_judge",
     "load_labelled",
     "load_labelled_v2",
     "load_labelled_v3",
+    "prompt_fold",
     "score_labels",
     "split_by_prompt",
     "with_prompts",
@@ -235,6 +237,32 @@ def with_prompts(records: Sequence[LabelledCompletion]) -> list[LabelledCompleti
             prompt = long_context_variant(prompt)
         out.append(replace(r, prompt=prompt.text))
     return out
+
+
+def check_dev_records(records: Sequence[LabelledCompletion], who: str) -> None:
+    """A head trainer's argument check (``who`` names it): some records, every one on the dev
+    split (heads are fitted on dev only) and with its prompt filled in (``with_prompts``)."""
+    if not records:
+        raise JudgeError(f"{who}: no records given")
+    not_dev = [r.id for r in records if r.split != "dev"]
+    if not_dev:
+        raise JudgeError(
+            f"{who}: {len(not_dev)} record(s) are not on the dev split (e.g. {not_dev[0]!r}); "
+            "heads are fitted on dev only, the test split only measures"
+        )
+    no_prompt = [r.id for r in records if r.prompt is None]
+    if no_prompt:
+        raise JudgeError(
+            f"{who}: {len(no_prompt)} record(s) have no prompt (e.g. {no_prompt[0]!r}); "
+            "fill them in with with_prompts"
+        )
+
+
+def prompt_fold(record: LabelledCompletion, folds: int) -> int:
+    """The cross-validation fold of ``record``, by sha256 of its prompt (a long variant goes with
+    its prompt): every completion of one request lands in one fold."""
+    key = f"{record.prompt_source}/{record.prompt_id.removesuffix('-long')}"
+    return int(hashlib.sha256(("fold:" + key).encode()).hexdigest(), 16) % folds
 
 
 def split_by_prompt(

@@ -21,14 +21,13 @@ transformers are imported at the first ``label_many`` call, never at import.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .labelled import LABELLED_SET_V3_TEST_FILE, LabelledCompletion
+from .labelled import LABELLED_SET_V3_TEST_FILE, LabelledCompletion, check_dev_records, prompt_fold
 from .protocol import LABELS, PROBE_JUDGE, JudgeError, check_pairs, normalise, read_head
 from .rules_v2 import RULES_V2, RuleJudgeV2, RuleVerdictV2
 
@@ -226,10 +225,6 @@ class ProbeJudge:
         return [LABELS[k] for k in logits.argmax(-1).tolist()]
 
 
-def _split_key(r: LabelledCompletion) -> str:
-    return f"{r.prompt_source}/{r.prompt_id.removesuffix('-long')}"
-
-
 def _standardise(x: Any, rows: Any) -> tuple[Any, Any]:
     """(mean, scale) over ``rows`` of ``x``, the scale floored at 1e-4 (constant columns)."""
     mean = x[rows].mean(0)
@@ -251,31 +246,13 @@ def train_probe_head(
 
     from .embedding import _fit_head
 
-    if not records:
-        raise JudgeError("train_probe_head: no records given")
-    not_dev = [r.id for r in records if r.split != "dev"]
-    if not_dev:
-        raise JudgeError(
-            f"train_probe_head: {len(not_dev)} record(s) are not on the dev split (e.g. {not_dev[0]!r}); "
-            "heads are fitted on dev only, the test split only measures"
-        )
-    no_prompt = [r.id for r in records if r.prompt is None]
-    if no_prompt:
-        raise JudgeError(
-            f"train_probe_head: {len(no_prompt)} record(s) have no prompt (e.g. {no_prompt[0]!r}); "
-            "fill them in with with_prompts"
-        )
+    check_dev_records(records, "train_probe_head")
     model = _ProbedModel(batch_size)
     hidden, extra = probe_features(
         model, [r.prompt or "" for r in records], [r.completion for r in records], PROBE_LAYERS
     )
     y = torch.tensor([LABELS.index(r.label) for r in records])
-    fold = torch.tensor(
-        [
-            int(hashlib.sha256(("fold:" + _split_key(r)).encode()).hexdigest(), 16) % PROBE_FOLDS
-            for r in records
-        ]
-    )
+    fold = torch.tensor([prompt_fold(r, PROBE_FOLDS) for r in records])
     cv: dict[tuple[int, float], float] = {}
     for layer in PROBE_LAYERS:
         x = _design(hidden[layer], extra)  # [N, D]
